@@ -1,0 +1,50 @@
+# cluster.sh — start and stop a throwaway Postgres 15 cluster for the demo and the tests.
+# Sourced, not run. The cluster has its own data directory, port and socket directory, runs as
+# the `postgres` user when we are root (initdb refuses root), and loads session_reaper.
+#
+#   source scripts/cluster.sh
+#   cluster_start /tmp/some_dir 54329 [extra postgresql.conf lines...]
+#   cluster_psql -c 'SELECT 1'
+#   cluster_stop
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+
+# as_pg runs a command as the cluster's owner: `postgres` when we are root, else ourselves.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then sudo -u postgres -- "$@"; else "$@"; fi
+}
+
+# cluster_start DIR PORT [CONF_LINE...] creates DIR (data in DIR/data, socket in DIR) and starts it.
+cluster_start() {
+  CLUSTER_DIR=$1 CLUSTER_PORT=$2
+  shift 2
+  rm -rf "$CLUSTER_DIR"
+  mkdir -p "$CLUSTER_DIR"
+  chmod 755 "$CLUSTER_DIR"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$CLUSTER_DIR"
+  as_pg "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -U postgres -A trust --no-sync >"$CLUSTER_DIR/initdb.log" 2>&1 ||
+    { cat "$CLUSTER_DIR/initdb.log"; return 1; }
+  {
+    echo "port = $CLUSTER_PORT"
+    echo "listen_addresses = ''"
+    echo "unix_socket_directories = '$CLUSTER_DIR'"
+    echo "shared_preload_libraries = 'session_reaper'"
+    echo "fsync = off"
+    for line in "$@"; do echo "$line"; done
+  } | as_pg tee -a "$CLUSTER_DIR/data/postgresql.conf" >/dev/null
+  as_pg "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w start >/dev/null ||
+    { cat "$CLUSTER_DIR/server.log"; return 1; }
+  export PGHOST=$CLUSTER_DIR PGPORT=$CLUSTER_PORT PGUSER=postgres PGDATABASE=postgres
+}
+
+# cluster_psql runs psql against the cluster, stopping at the first error.
+cluster_psql() {
+  psql -X -v ON_ERROR_STOP=1 "$@"
+}
+
+# cluster_stop stops the cluster; the directory stays for its log.
+cluster_stop() {
+  [ -n "${CLUSTER_DIR:-}" ] && [ -f "$CLUSTER_DIR/data/postmaster.pid" ] &&
+    as_pg "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w stop >/dev/null
+  return 0
+}

@@ -1,0 +1,87 @@
+-- session_reaper bootstrap: the target registry, run state and history, and who may see them.
+-- Runs first in CREATE EXTENSION; the functions that manage these tables are declared in api.sql.
+
+-- One row per reaped table. Managed only through reaper_register / reaper_unregister /
+-- reaper_enable; kept by pg_dump (pg_extension_config_dump below).
+CREATE TABLE reaper_target (
+    id            bigserial PRIMARY KEY,
+    relid         regclass NOT NULL UNIQUE,
+    column_name   name NOT NULL,
+    timezone      text,
+    grace         interval NOT NULL DEFAULT '0',
+    ttl           interval,
+    predicate     text,
+    batch_size    integer CHECK (batch_size > 0),
+    schedule      text,
+    action        text NOT NULL DEFAULT 'delete'
+                  CHECK (action IN ('delete', 'archive', 'drop_partitions', 'update')),
+    enabled       boolean NOT NULL DEFAULT true,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE reaper_target IS 'session_reaper: registered targets (use reaper_register, not DML)';
+
+-- What each target's runs have added up to. Not dumped: counters start again after a restore.
+CREATE TABLE reaper_state (
+    target_id     bigint PRIMARY KEY REFERENCES reaper_target (id) ON DELETE CASCADE,
+    last_run_at   timestamptz,
+    last_status   text CHECK (last_status IN ('ok', 'error', 'timeout', 'skipped')),
+    last_error    text,
+    last_deleted  bigint,
+    last_duration interval,
+    total_deleted bigint NOT NULL DEFAULT 0,
+    total_runs    bigint NOT NULL DEFAULT 0,
+    total_errors  bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE reaper_state IS 'session_reaper: per-target counters, read by reaper_stats()';
+
+-- One row per run. relid stays after the target is unregistered, until the row ages out.
+CREATE TABLE reaper_run (
+    run_id      uuid PRIMARY KEY,
+    target_id   bigint,
+    relid       regclass NOT NULL,
+    trigger     text NOT NULL CHECK (trigger IN ('worker', 'manual')),
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    rows        bigint NOT NULL,
+    batches     integer NOT NULL,
+    status      text NOT NULL CHECK (status IN ('ok', 'error', 'timeout', 'skipped')),
+    error       text
+);
+CREATE INDEX ON reaper_run (started_at);
+COMMENT ON TABLE reaper_run IS 'session_reaper: one row per run (read through the reaper_history view)';
+
+SELECT pg_catalog.pg_extension_config_dump('reaper_target', '');
+SELECT pg_catalog.pg_extension_config_dump('reaper_target_id_seq', '');
+
+-- Nobody but the extension's owner writes these; everyone reads through the views below.
+REVOKE ALL ON reaper_target, reaper_state, reaper_run FROM PUBLIC;
+
+-- reaper_can_see says whether the current user may see a target on this table: it can read
+-- or manage the table, or, for a table that no longer exists, it is a superuser.
+CREATE FUNCTION reaper_can_see(target oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT CASE
+        WHEN c.oid IS NULL THEN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+        ELSE has_table_privilege(c.oid, 'SELECT') OR pg_has_role(c.relowner, 'USAGE')
+    END
+    FROM (SELECT target AS oid) want
+    LEFT JOIN pg_class c ON c.oid = want.oid
+$$;
+COMMENT ON FUNCTION reaper_can_see(oid) IS 'session_reaper: whether the current user may see targets of this table';
+
+CREATE VIEW reaper_targets WITH (security_barrier) AS
+SELECT t.id, t.relid AS target, t.column_name, t.timezone, t.grace, t.ttl, t.predicate,
+       t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at
+  FROM reaper_target t
+ WHERE reaper_can_see(t.relid);
+COMMENT ON VIEW reaper_targets IS 'session_reaper: registered targets, one row per table you can see';
+
+CREATE VIEW reaper_history WITH (security_barrier) AS
+SELECT h.run_id, h.relid AS target, h.trigger, h.started_at, h.finished_at,
+       h.finished_at - h.started_at AS duration, h.rows, h.batches, h.status, h.error
+  FROM reaper_run h
+ WHERE reaper_can_see(h.relid);
+COMMENT ON VIEW reaper_history IS 'session_reaper: run history for tables you can see';
+
+GRANT SELECT ON reaper_targets, reaper_history TO PUBLIC;

@@ -1,0 +1,191 @@
+//! api.rs — `reaper_purge` and `reaper_dry_run`: the reap run now, or described without
+//! running it. Both act on one target or, given NULL, on every enabled target the caller may
+//! manage; both run as the table's owner.
+
+use crate::errors::ReaperError;
+use crate::history::{self, Run, Status};
+use crate::reap::{self, Progress};
+use crate::registry::managed_target;
+use crate::security::{as_role, may_manage, with_settings};
+use crate::sql::pinned;
+use crate::target::{self, Registered, Target};
+use crate::txn::in_subtransaction;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgLogLevel;
+
+/// The targets a call acts on: the named one (which must exist and be the caller's), or every
+/// enabled target the caller may manage.
+fn chosen_targets(relid: Option<pg_sys::Oid>, action: &'static str) -> Vec<Registered> {
+    match relid {
+        Some(relid) => vec![managed_target(relid, action)],
+        None => target::load(None)
+            .into_iter()
+            .filter(|r| r.enabled && may_manage(r.owner.unwrap_or(crate::security::superuser_role())))
+            .collect(),
+    }
+}
+
+
+/// reaper_purge reaps now, in the caller's transaction, with the same rule, lock and history
+/// as the worker. A target that fails is rolled back alone, reported with a WARNING and in
+/// its row, and the others still run.
+#[pg_extern(sql = false)]
+fn reaper_purge(
+    target: Option<pg_sys::Oid>,
+    max_rows: Option<i64>,
+) -> TableIterator<'static, (
+    name!(target, pg_sys::Oid),
+    name!(rows_deleted, i64),
+    name!(batches, i32),
+    name!(duration, Interval),
+    name!(status, String),
+    name!(error, Option<String>),
+)> {
+    if let Some(max_rows) = max_rows.filter(|m| *m <= 0) {
+        ReaperError::BadMaxRows { max_rows }.raise();
+    }
+    let rows = pinned(|| {
+        let mut budget = max_rows;
+        let mut rows = Vec::new();
+        for registered in chosen_targets(target, "purge") {
+            let run = purge_one(&registered, budget);
+            budget = budget.map(|b| b - run.rows);
+            let (_, took_ms) = history::record(&run);
+            rows.push((
+                registered.relid,
+                run.rows,
+                run.batches,
+                Interval::from_micros((took_ms * 1000.0) as i64),
+                run.status.as_str().to_string(),
+                run.error.clone(),
+            ));
+        }
+        rows
+    });
+    TableIterator::new(rows)
+}
+
+fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
+    let started_at = history::clock();
+    let (progress, status, error) = match &registered.target {
+        Err(e) => (Progress::default(), Status::Error, Some(e.message())),
+        Ok(t) if max_rows.is_some_and(|m| m <= 0) => (Progress::default(), Status::Skipped, None),
+        Ok(t) => match in_subtransaction(|| reap::try_lock(t).then(|| reap::delete_until_done(t, max_rows))) {
+            Ok(Some(progress)) => (progress, Status::Ok, None),
+            Ok(None) => (Progress::default(), Status::Skipped, Some("another reap of this table is running".into())),
+            Err((code, message)) => {
+                ErrorReport::new(code, format!("session_reaper: {}: {message}", t.name), "reaper_purge")
+                    .report(PgLogLevel::WARNING);
+                (Progress::default(), reap::failure_status(code), Some(message))
+            }
+        },
+    };
+    Run {
+        target: registered,
+        trigger: "manual",
+        started_at,
+        rows: progress.rows,
+        batches: progress.batches,
+        status,
+        error,
+    }
+}
+
+
+/// reaper_dry_run says what a reap would remove now and how, deleting nothing.
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
+fn reaper_dry_run(target: Option<pg_sys::Oid>) -> TableIterator<'static, (
+    name!(target, pg_sys::Oid),
+    name!(column_name, String),
+    name!(timezone, Option<String>),
+    name!(would_delete, i64),
+    name!(oldest_expiry, Option<TimestampWithTimeZone>),
+    name!(oldest_dead_age, Option<Interval>),
+    name!(expired_lt_1h, i64),
+    name!(expired_1h_6h, i64),
+    name!(expired_6h_24h, i64),
+    name!(expired_gt_24h, i64),
+    name!(statement, String),
+    name!(uses_index, bool),
+    name!(index_advice, Option<String>),
+)> {
+    let rows = pinned(|| {
+        chosen_targets(target, "inspect")
+            .into_iter()
+            .filter_map(|registered| match registered.target {
+                Ok(t) => Some(describe(&t)),
+                // Named explicitly: say what is wrong. Among all targets: skip it, loudly.
+                Err(e) if target.is_some() => e.raise(),
+                Err(e) => {
+                    pgrx::warning!("session_reaper: {}: {}", registered.name, e.message());
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+#[allow(clippy::type_complexity)]
+fn describe(t: &Target) -> (
+    pg_sys::Oid,
+    String,
+    Option<String>,
+    i64,
+    Option<TimestampWithTimeZone>,
+    Option<Interval>,
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    bool,
+    Option<String>,
+) {
+    let query = format!(
+        "SELECT count(*), min(e), now() - min(e),
+                count(*) FILTER (WHERE now() - e < '1 hour'),
+                count(*) FILTER (WHERE now() - e >= '1 hour' AND now() - e < '6 hours'),
+                count(*) FILTER (WHERE now() - e >= '6 hours' AND now() - e < '24 hours'),
+                count(*) FILTER (WHERE now() - e >= '24 hours')
+           FROM (SELECT {} AS e FROM {} WHERE {}) dead",
+        t.expiry_expression(),
+        t.qualified(),
+        t.dead_condition()
+    );
+    let counts = with_settings(&[("search_path", t.search_path())], || {
+        as_role(t.owner, || {
+            Spi::connect(|client| {
+                let row = client.select(query.as_str(), Some(1), &[])?.first();
+                Ok::<_, pgrx::spi::Error>((
+                    row.get::<i64>(1)?.unwrap_or(0),
+                    row.get::<TimestampWithTimeZone>(2)?,
+                    row.get::<Interval>(3)?,
+                    [4, 5, 6, 7].map(|i| row.get::<i64>(i).ok().flatten().unwrap_or(0)),
+                ))
+            })
+        })
+    })
+    .expect("counting dead rows");
+    let (would_delete, oldest, age, buckets) = counts;
+    let uses_index = t.has_expiry_index();
+    (
+        t.relid,
+        t.column.clone(),
+        t.timezone.clone(),
+        would_delete,
+        oldest,
+        age,
+        buckets[0],
+        buckets[1],
+        buckets[2],
+        buckets[3],
+        t.delete_statement(t.batch_size()),
+        uses_index,
+        (!uses_index).then(|| t.index_advice()),
+    )
+}
+

@@ -1,0 +1,193 @@
+//! errors.rs — every way a user's input or a target can be wrong, each with its SQLSTATE, a
+//! message that names the object and a hint that says the fix.
+//!
+//! SQL-facing functions raise these as Postgres ERRORs; the worker logs them as WARNINGs and
+//! records them in the run history, so both speak with the same words.
+
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::PgTryBuilder;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReaperError {
+    /// The relation exists but is not something rows can be deleted from.
+    NotATable { table: String, kind: &'static str },
+    /// A registered target whose table was dropped.
+    TableMissing { target: String },
+    ColumnMissing { table: String, column: String },
+    WrongColumnType { table: String, column: String, type_name: String },
+    NotOwner { table: String, action: &'static str },
+    NotRegistered { table: String },
+    BadBatchSize { table: String, batch_size: i32 },
+    NegativeInterval { table: String, option: &'static str },
+    BadSchedule { table: String, schedule: String, reason: String },
+    BadTimezone { table: String, timezone: String },
+    TimezoneNotApplicable { table: String, column: String },
+    BadPredicate { table: String, reason: String, code: PgSqlErrorCode },
+    UnknownAction { table: String, action: String },
+    ActionNotSupported { table: String, action: String },
+    BadMaxRows { max_rows: i64 },
+    /// A column of type timestamp/date whose target has no time zone recorded.
+    TimezoneMissing { table: String, column: String },
+}
+
+impl ReaperError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            Self::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            Self::TableMissing { .. } => ERRCODE_UNDEFINED_TABLE,
+            Self::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN,
+            Self::WrongColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
+            Self::NotOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Self::NotRegistered { .. } => ERRCODE_UNDEFINED_OBJECT,
+            Self::BadPredicate { code, .. } => *code,
+            Self::ActionNotSupported { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            Self::TimezoneMissing { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Self::BadBatchSize { .. }
+            | Self::NegativeInterval { .. }
+            | Self::BadSchedule { .. }
+            | Self::BadTimezone { .. }
+            | Self::TimezoneNotApplicable { .. }
+            | Self::UnknownAction { .. }
+            | Self::BadMaxRows { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::NotATable { table, kind } => {
+                format!("\"{table}\" is a {kind}, not a table: session_reaper can only reap tables")
+            }
+            Self::TableMissing { target } => {
+                format!("the table of target {target} no longer exists")
+            }
+            Self::ColumnMissing { table, column } => {
+                format!("column \"{column}\" of table \"{table}\" does not exist")
+            }
+            Self::WrongColumnType { table, column, type_name } => format!(
+                "column \"{column}\" of table \"{table}\" has type {type_name}, which cannot hold an expiry time"
+            ),
+            Self::NotOwner { table, action } => {
+                format!("must be owner of table \"{table}\" to {action} it")
+            }
+            Self::NotRegistered { table } => {
+                format!("table \"{table}\" is not registered with session_reaper")
+            }
+            Self::BadBatchSize { table, batch_size } => format!(
+                "invalid batch_size {batch_size} for table \"{table}\": must be a positive number of rows"
+            ),
+            Self::NegativeInterval { table, option } => {
+                format!("invalid {option} for table \"{table}\": must not be negative")
+            }
+            Self::BadSchedule { table, schedule, reason } => {
+                format!("invalid schedule \"{schedule}\" for table \"{table}\": {reason}")
+            }
+            Self::BadTimezone { table, timezone } => format!(
+                "invalid timezone \"{timezone}\" for table \"{table}\": time zone not recognized"
+            ),
+            Self::TimezoneNotApplicable { table, column } => format!(
+                "timezone does not apply to column \"{column}\" of table \"{table}\": its values are already absolute times"
+            ),
+            Self::BadPredicate { table, reason, .. } => {
+                format!("invalid predicate for table \"{table}\": {reason}")
+            }
+            Self::UnknownAction { table, action } => {
+                format!("invalid action \"{action}\" for table \"{table}\"")
+            }
+            Self::ActionNotSupported { table, action } => {
+                format!("action \"{action}\" for table \"{table}\" is not supported yet")
+            }
+            Self::BadMaxRows { max_rows } => {
+                format!("invalid max_rows {max_rows}: must be a positive number of rows")
+            }
+            Self::TimezoneMissing { table, column } => format!(
+                "target \"{table}\" has no timezone recorded for its column \"{column}\", which holds wall-clock times"
+            ),
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        let hint = match self {
+            Self::NotATable { .. } => "Register the table the view or foreign table reads from.".into(),
+            Self::TableMissing { target } => {
+                format!("Remove the target with: SELECT reaper_unregister({target});")
+            }
+            Self::ColumnMissing { table, .. } => format!(
+                "Name the expiry column: SELECT reaper_register('{table}', 'expires_at_column');"
+            ),
+            Self::WrongColumnType { .. } => {
+                "Use a timestamptz, timestamp, date, or integer/bigint epoch-seconds column.".into()
+            }
+            Self::NotOwner { .. } => {
+                "Connect as the table's owner, a member of its owning role, or a superuser.".into()
+            }
+            Self::NotRegistered { table } => {
+                format!("Register it first: SELECT reaper_register('{table}');")
+            }
+            Self::BadBatchSize { .. } => {
+                "Pass a positive batch_size, or NULL to use reaper.batch_size.".into()
+            }
+            Self::NegativeInterval { .. } => "Pass a positive interval such as '1 hour'.".into(),
+            Self::BadSchedule { .. } => {
+                "Use an interval such as '15 min', or a 5-field cron expression in UTC such as '0 4 * * *'.".into()
+            }
+            Self::BadTimezone { .. } => {
+                "Use a name from pg_timezone_names, such as 'UTC' or 'America/New_York'.".into()
+            }
+            Self::TimezoneNotApplicable { .. } => {
+                "Omit timezone: it is needed only for timestamp without time zone and date columns.".into()
+            }
+            Self::BadPredicate { .. } => {
+                "The predicate must be one boolean SQL expression over the table's columns, such as 'NOT is_pinned'.".into()
+            }
+            Self::UnknownAction { .. } => {
+                "Use one of: delete, archive, drop_partitions, update.".into()
+            }
+            Self::ActionNotSupported { .. } => "Use action => 'delete'.".into(),
+            Self::BadMaxRows { .. } => "Pass a positive max_rows, or NULL for no limit.".into(),
+            Self::TimezoneMissing { table, .. } => format!(
+                "Register it again with the zone the application writes in: SELECT reaper_register('{table}', timezone => 'UTC');"
+            ),
+        };
+        Some(hint)
+    }
+
+    /// Raises this error as a Postgres ERROR; nothing after this runs.
+    pub fn raise(&self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "session_reaper");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+}
+
+/// Unwraps a result of ours, raising the error as a Postgres ERROR.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, ReaperError> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| e.raise())
+    }
+}
+
+/// Runs `f`, turning a Postgres ERROR raised inside it into its SQLSTATE and message. Callers
+/// raise an ERROR of their own afterwards, so the transaction is aborted and whatever the failed
+/// step held is released by Postgres as usual.
+pub fn catch_pg_error<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+) -> Result<R, (PgSqlErrorCode, String)> {
+    PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|error| {
+            let report = match &error {
+                CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e,
+                CaughtError::RustPanic { ereport, .. } => ereport,
+            };
+            Err((report.sql_error_code(), report.message().to_string()))
+        })
+        .execute()
+}

@@ -1,0 +1,96 @@
+//! predicate.rs — checking a target's extra SQL condition before it is ever stored.
+//!
+//! The predicate is SQL text that the reaper splices into its DELETE as
+//! `AND ((<predicate>) IS TRUE)`. Two checks make that safe:
+//! 1. Shape: Postgres' own parser must read `SELECT WHERE (<predicate>) IS TRUE` as exactly one
+//!    SELECT whose only clause is that one IS TRUE test. Text that closes the parenthesis early
+//!    (`true) OR (true`, `true); DROP TABLE x; SELECT (1`) parses to something else and is refused,
+//!    so the predicate can never widen the expiry condition or add a statement.
+//! 2. Meaning: the condition is planned against the table as the table's owner, which catches
+//!    unknown columns, wrong types and objects the owner may not read.
+
+use crate::errors::{catch_pg_error, ReaperError};
+use crate::security::as_role;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::ffi::CString;
+
+/// Checks `predicate` against the table `qualified` (quoted `schema.table`) owned by `owner`,
+/// planning it with `search_path` already set by the caller.
+pub fn validate(
+    table: &str,
+    qualified: &str,
+    owner: pg_sys::Oid,
+    predicate: &str,
+) -> Result<(), ReaperError> {
+    let bad = |(code, reason): (PgSqlErrorCode, String)| ReaperError::BadPredicate {
+        table: table.to_string(),
+        reason,
+        code,
+    };
+    let syntax = |reason: &str| bad((PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, reason.to_string()));
+    if predicate.trim().is_empty() {
+        return Err(syntax("it is empty"));
+    }
+    if !parses_as_one_condition(predicate).map_err(&bad)? {
+        return Err(syntax("it is not a single SQL expression"));
+    }
+    let probe = format!("SELECT 1 FROM {qualified} WHERE ({predicate}) IS TRUE");
+    catch_pg_error(|| {
+        as_role(owner, || {
+            Spi::connect(|client| client.prepare(probe.as_str(), &[]).map(|_| ()))
+                .expect("prepare raises its errors as Postgres errors")
+        })
+    })
+    .map_err(&bad)
+}
+
+/// True when the parser sees exactly `SELECT WHERE <one IS TRUE test>`.
+fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, String)> {
+    let sql = CString::new(format!("SELECT WHERE ({predicate}) IS TRUE")).map_err(|_| {
+        (PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "it contains a NUL byte".to_string())
+    })?;
+    catch_pg_error(|| unsafe {
+        // SAFETY: raw_parser reads a valid C string and returns a palloc'd parse tree, which is
+        // only read here, within the current memory context.
+        let list = raw_parse(&sql);
+        if list.is_null() || (*list).length != 1 {
+            return false;
+        }
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        let stmt = (*raw).stmt;
+        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_SelectStmt) {
+            return false;
+        }
+        let select = &*(stmt as *mut pg_sys::SelectStmt);
+        let only_where = select.distinctClause.is_null()
+            && select.intoClause.is_null()
+            && select.targetList.is_null()
+            && select.fromClause.is_null()
+            && select.groupClause.is_null()
+            && select.havingClause.is_null()
+            && select.windowClause.is_null()
+            && select.valuesLists.is_null()
+            && select.sortClause.is_null()
+            && select.limitOffset.is_null()
+            && select.limitCount.is_null()
+            && select.lockingClause.is_null()
+            && select.withClause.is_null()
+            && select.op == pg_sys::SetOperation::SETOP_NONE;
+        let test = select.whereClause;
+        only_where
+            && pgrx::is_a(test, pg_sys::NodeTag::T_BooleanTest)
+            && (*(test as *mut pg_sys::BooleanTest)).booltesttype == pg_sys::BoolTestType::IS_TRUE
+    })
+}
+
+#[cfg(not(feature = "pg13"))]
+unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
+    pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT)
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
+    pg_sys::raw_parser(sql.as_ptr())
+}
+

@@ -1,0 +1,77 @@
+//! reap.rs — the reap itself: the one place that deletes rows. `reaper_purge` calls it now;
+//! the background worker calls the same functions with a transaction per batch.
+//!
+//! A run of a target takes the target's advisory lock (so a purge and the worker never reap
+//! the same table at once), then deletes batches of at most `batch_size` dead rows as the
+//! table's owner, with `lock_timeout` set, until a batch comes back short or the row budget is
+//! spent. Every batch re-checks the expiry condition inside its DELETE.
+
+use crate::history::Status;
+use crate::security::{as_role, with_settings};
+use crate::settings;
+use crate::target::Target;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// The first half of every advisory lock key session_reaper takes ("REAP").
+const LOCK_CLASS: i64 = 0x5245_4150;
+
+/// Rows and batches one run removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub rows: i64,
+    pub batches: i32,
+}
+
+/// Takes the target's transaction-level advisory lock without waiting; false when another
+/// reap of the same table holds it.
+pub fn try_lock(target: &Target) -> bool {
+    let key = (LOCK_CLASS << 32) | i64::from(target.relid.to_u32());
+    Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[key.into()])
+        .expect("taking the target lock")
+        .unwrap_or(false)
+}
+
+/// Deletes at most `limit` dead rows of `target` in the current transaction, as the table's
+/// owner; returns how many went.
+pub fn delete_batch(target: &Target, limit: i64) -> i64 {
+    let statement = target.delete_statement(limit);
+    let settings = [
+        ("search_path", target.search_path()),
+        ("lock_timeout", settings::lock_timeout()),
+    ];
+    with_settings(&settings, || {
+        as_role(target.owner, || {
+            Spi::connect_mut(|client| client.update(statement.as_str(), None, &[]).map(|t| t.len()))
+        })
+    })
+    .expect("running the reap batch") as i64
+}
+
+/// Deletes batches in the current transaction until one comes back short or `max_rows` went.
+pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
+    let mut progress = Progress::default();
+    loop {
+        let remaining = max_rows.map_or(i64::MAX, |max| max - progress.rows);
+        let limit = target.batch_size().min(remaining);
+        if limit <= 0 {
+            return progress;
+        }
+        let deleted = delete_batch(target, limit);
+        progress.rows += deleted;
+        progress.batches += 1;
+        if deleted < limit {
+            return progress;
+        }
+    }
+}
+
+/// The status a failed run is recorded with.
+pub fn failure_status(code: PgSqlErrorCode) -> Status {
+    match code {
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
+            Status::Timeout
+        }
+        _ => Status::Error,
+    }
+}

@@ -1,0 +1,271 @@
+//! registry.rs — `reaper_register`, `reaper_unregister` and `reaper_enable`: the only ways into
+//! the extension's target table.
+//!
+//! Every input is checked before anything is written, so a bad call raises one ERROR and
+//! changes nothing. A table has at most one target: registering it again replaces the rule
+//! (all options take the values of the new call), keeping the target's id and its history.
+
+use crate::errors::{catch_pg_error, OrRaise, ReaperError};
+use crate::security::{as_role, check_owner, with_settings};
+use crate::sql::{ext_owner, ext_schema, pinned, quote_ident};
+use crate::target::{check_relkind, ColumnKind};
+use crate::{predicate, target};
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// The table a call names, as the catalog has it.
+struct Table {
+    relid: pg_sys::Oid,
+    name: String,
+    schema: String,
+    relname: String,
+    relkind: String,
+    owner: pg_sys::Oid,
+}
+
+impl Table {
+    fn find(relid: pg_sys::Oid) -> Self {
+        Spi::connect(|client| {
+            let row = client
+                .select(
+                    "SELECT c.oid::regclass::text, n.nspname::text, c.relname::text, c.relkind::text, c.relowner
+                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid = $1",
+                    Some(1),
+                    &[relid.into()],
+                )?
+                .first();
+            Ok::<_, pgrx::spi::Error>(row.get_heap_tuple()?.map(|r| -> pgrx::spi::Result<Table> {
+                Ok(Table {
+                    relid,
+                    name: r.get(1)?.unwrap_or_default(),
+                    schema: r.get(2)?.unwrap_or_default(),
+                    relname: r.get(3)?.unwrap_or_default(),
+                    relkind: r.get(4)?.unwrap_or_default(),
+                    owner: r.get(5)?.expect("relowner is not null"),
+                })
+            }))
+        })
+        .expect("reading pg_class")
+        .transpose()
+        .expect("reading pg_class")
+        .unwrap_or_else(|| {
+            ReaperError::TableMissing { target: relid.to_u32().to_string() }.raise()
+        })
+    }
+
+    fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.relname))
+    }
+
+    /// The expiry column's kind, or why the column cannot be one.
+    fn column_kind(&self, column: &str) -> Result<ColumnKind, ReaperError> {
+        let (type_oid, type_name) = Spi::get_two_with_args::<pg_sys::Oid, String>(
+            "SELECT atttypid, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
+              WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+            &[self.relid.into(), column.into()],
+        )
+        .unwrap_or((None, None));
+        // A placeholder zone: whether one is needed is decided by the caller.
+        target::check_loaded(&self.name, &self.relkind, column, type_oid, type_name, &Some(String::new()))
+    }
+}
+
+/// The options of `reaper_register`, as given.
+struct Options<'a> {
+    column: &'a str,
+    timezone: Option<&'a str>,
+    grace: Option<Interval>,
+    ttl: Option<Interval>,
+    predicate: Option<&'a str>,
+    batch_size: Option<i32>,
+    schedule: Option<&'a str>,
+    action: &'a str,
+    enabled: bool,
+}
+
+/// Checks every option against the table; returns the time zone to store.
+fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError> {
+    let name = || table.name.clone();
+    check_relkind(&table.name, &table.relkind)?;
+    check_owner(&table.name, table.owner, "register")?;
+    let kind = table.column_kind(opts.column)?;
+    let timezone = resolve_timezone(table, opts, kind)?;
+    for (option, value) in [("grace", opts.grace), ("ttl", opts.ttl)] {
+        if value.is_some_and(|v| v.as_micros() < 0) {
+            return Err(ReaperError::NegativeInterval { table: name(), option });
+        }
+    }
+    if let Some(batch_size) = opts.batch_size.filter(|b| *b <= 0) {
+        return Err(ReaperError::BadBatchSize { table: name(), batch_size });
+    }
+    if let Some(schedule) = opts.schedule {
+        crate::schedule::validate(schedule).map_err(|reason| ReaperError::BadSchedule {
+            table: name(),
+            schedule: schedule.to_string(),
+            reason,
+        })?;
+    }
+    match opts.action {
+        "delete" => {}
+        "archive" | "drop_partitions" | "update" => {
+            return Err(ReaperError::ActionNotSupported { table: name(), action: opts.action.into() })
+        }
+        other => return Err(ReaperError::UnknownAction { table: name(), action: other.into() }),
+    }
+    if let Some(p) = opts.predicate {
+        let search_path = format!("pg_catalog, {}", quote_ident(&table.schema));
+        with_settings(&[("search_path", search_path)], || {
+            predicate::validate(&table.name, &table.qualified(), table.owner, p)
+        })?;
+    }
+    Ok(timezone)
+}
+
+/// Wall-clock columns need a zone: the one given, or the session's TimeZone (said in a NOTICE,
+/// since getting it wrong on a server west of UTC would delete live rows early). Absolute
+/// columns must not be given one.
+fn resolve_timezone(
+    table: &Table,
+    opts: &Options,
+    kind: ColumnKind,
+) -> Result<Option<String>, ReaperError> {
+    if !kind.needs_timezone() {
+        return match opts.timezone {
+            Some(_) => Err(ReaperError::TimezoneNotApplicable {
+                table: table.name.clone(),
+                column: opts.column.to_string(),
+            }),
+            None => Ok(None),
+        };
+    }
+    if let Some(tz) = opts.timezone {
+        let known = catch_pg_error(|| {
+            Spi::get_one_with_args::<bool>("SELECT (now() AT TIME ZONE $1) IS NOT NULL", &[tz.into()])
+        });
+        return match known {
+            Ok(Ok(Some(true))) => Ok(Some(tz.to_string())),
+            _ => Err(ReaperError::BadTimezone { table: table.name.clone(), timezone: tz.into() }),
+        };
+    }
+    let session_tz = Spi::get_one::<String>("SELECT current_setting('TimeZone')")
+        .expect("reading TimeZone")
+        .unwrap_or_else(|| "UTC".into());
+    pgrx::notice!(
+        "column \"{}\" of table \"{}\" holds wall-clock times: they are read in time zone \"{}\" (the current TimeZone); pass timezone => '...' if the application writes another zone",
+        opts.column,
+        table.name,
+        session_tz
+    );
+    Ok(Some(session_tz))
+}
+
+/// Inserts or replaces the target row, as the extension's owner (the caller has no rights on
+/// the extension's tables). Returns the target id.
+fn upsert(table: &Table, opts: &Options, timezone: Option<String>) -> i64 {
+    let query = format!(
+        "INSERT INTO {}.reaper_target AS t
+                (relid, column_name, timezone, grace, ttl, predicate, batch_size, schedule, action, enabled)
+         VALUES ($1, $2, $3, coalesce($4, '0'::interval), $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (relid) DO UPDATE SET
+                column_name = EXCLUDED.column_name, timezone = EXCLUDED.timezone, grace = EXCLUDED.grace,
+                ttl = EXCLUDED.ttl, predicate = EXCLUDED.predicate, batch_size = EXCLUDED.batch_size,
+                schedule = EXCLUDED.schedule, action = EXCLUDED.action, enabled = EXCLUDED.enabled,
+                updated_at = now()
+         RETURNING id",
+        ext_schema()
+    );
+    let owner = ext_owner();
+    as_role(owner, || {
+        Spi::get_one_with_args::<i64>(
+            &query,
+            &[
+                table.relid.into(),
+                opts.column.into(),
+                timezone.into(),
+                opts.grace.into(),
+                opts.ttl.into(),
+                opts.predicate.into(),
+                opts.batch_size.into(),
+                opts.schedule.into(),
+                opts.action.into(),
+                opts.enabled.into(),
+            ],
+        )
+    })
+    .expect("writing reaper_target")
+    .expect("INSERT … RETURNING returns the id")
+}
+
+/// reaper_register adds a table to the reaper, or replaces its rule; returns the target id.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn reaper_register(
+    target: pg_sys::Oid,
+    column: Option<&CStr>,
+    timezone: Option<&str>,
+    grace: Option<Interval>,
+    ttl: Option<Interval>,
+    predicate: Option<&str>,
+    batch_size: Option<i32>,
+    schedule: Option<&str>,
+    action: Option<&str>,
+    enabled: Option<bool>,
+) -> i64 {
+    pinned(|| {
+        let table = Table::find(target);
+        let column = column.map(|c| c.to_string_lossy()).unwrap_or("expires_at".into());
+        let opts = Options {
+            column: &column,
+            timezone,
+            grace,
+            ttl,
+            predicate,
+            batch_size,
+            schedule,
+            action: action.unwrap_or("delete"),
+            enabled: enabled.unwrap_or(true),
+        };
+        let timezone = validate(&table, &opts).or_raise();
+        upsert(&table, &opts, timezone)
+    })
+}
+
+/// The registered target of a table the caller may manage, or the error that says why not.
+pub fn managed_target(relid: pg_sys::Oid, action: &'static str) -> target::Registered {
+    let registered = target::load(Some(relid)).into_iter().next().unwrap_or_else(|| {
+        ReaperError::NotRegistered { table: crate::sql::relation_name(relid) }.raise()
+    });
+    // A target whose table is gone has no owner left to ask: only a superuser may clean it up.
+    let owner = registered.owner.unwrap_or(crate::security::superuser_role());
+    check_owner(&registered.name, owner, action).or_raise();
+    registered
+}
+
+/// reaper_unregister removes a table's target; its run history stays until it ages out.
+#[pg_extern(sql = false)]
+fn reaper_unregister(target: pg_sys::Oid) {
+    pinned(|| {
+        let registered = managed_target(target, "unregister");
+        let query = format!("DELETE FROM {}.reaper_target WHERE id = $1", ext_schema());
+        as_role(ext_owner(), || Spi::run_with_args(&query, &[registered.id.into()]))
+            .expect("writing reaper_target");
+    })
+}
+
+/// reaper_enable switches a target on or off without forgetting its rule.
+#[pg_extern(sql = false)]
+fn reaper_enable(target: pg_sys::Oid, enabled: bool) {
+    pinned(|| {
+        let registered = managed_target(target, "enable or disable");
+        let query = format!(
+            "UPDATE {}.reaper_target SET enabled = $2, updated_at = now() WHERE id = $1",
+            ext_schema()
+        );
+        as_role(ext_owner(), || {
+            Spi::run_with_args(&query, &[registered.id.into(), enabled.into()])
+        })
+        .expect("writing reaper_target");
+    })
+}

@@ -1,0 +1,94 @@
+//! security.rs — who may touch a target, and running code as another role or with settings that
+//! end with the block.
+//!
+//! The SQL functions are not SECURITY DEFINER. They check the caller's rights first, then switch
+//! the user id only for the exact step that needs it: the reap itself runs as the table's owner
+//! (so privileges and row-level security apply to it, never a superuser's), and writes to the
+//! extension's own tables run as the extension's owner. Both switches are undone when the block
+//! ends, by error or not, so the caller's transaction continues as the caller.
+
+use crate::errors::ReaperError;
+use pgrx::pg_sys;
+use std::ffi::CString;
+
+/// Restores the saved user id and security context when dropped (also while unwinding from an
+/// ERROR, before Postgres' own abort processing resets them again).
+struct UserGuard {
+    user: pg_sys::Oid,
+    context: i32,
+}
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring values read from GetUserIdAndSecContext in this same backend.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+    }
+}
+
+/// Runs `f` as `role`, the way `SET LOCAL ROLE` would, but scoped to `f`. The security context
+/// is restricted (as autovacuum does for index expressions) so a predicate's functions can
+/// neither change role back nor leave state behind for the caller.
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut user = pg_sys::InvalidOid;
+    let mut context = 0;
+    // SAFETY: plain reads and writes of this backend's current user id.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
+    let _guard = UserGuard { user, context };
+    let restricted = context
+        | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+        | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
+    unsafe { pg_sys::SetUserIdAndSecContext(role, restricted) };
+    f()
+}
+
+/// Runs `f` with the given settings, restored when `f` returns — what a function's `SET`
+/// clause does. On an ERROR the transaction's abort restores them.
+pub fn with_settings<R>(settings: &[(&str, String)], f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level is opened and closed around `f` in this backend.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    for (name, value) in settings {
+        let name = CString::new(*name).expect("setting names have no NUL");
+        let value = CString::new(value.as_str()).expect("setting values have no NUL");
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                pgrx::PgLogLevel::ERROR as i32,
+                false,
+            );
+        }
+    }
+    let result = f();
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    result
+}
+
+/// The current user may manage tables owned by `owner`: it is that role, a member of it with
+/// its privileges, or a superuser.
+pub fn may_manage(owner: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups in a valid transaction.
+    unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner) }
+}
+
+/// Fails with a NotOwner error unless the current user may manage a table owned by `owner`.
+pub fn check_owner(
+    table: &str,
+    owner: pg_sys::Oid,
+    action: &'static str,
+) -> Result<(), ReaperError> {
+    if may_manage(owner) {
+        Ok(())
+    } else {
+        Err(ReaperError::NotOwner { table: table.to_string(), action })
+    }
+}
+
+/// The bootstrap superuser: stands in as the owner of a target whose table is gone, so that
+/// only superusers may act on it.
+pub fn superuser_role() -> pg_sys::Oid {
+    pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)
+}

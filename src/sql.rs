@@ -1,0 +1,65 @@
+//! sql.rs — small helpers for building SQL text safely and reading the extension's own catalog.
+//!
+//! Generated statements never splice a user's value in raw: identifiers go through Postgres'
+//! own `quote_identifier`, values through `quote_literal_cstr`. Internal queries run with
+//! `search_path` pinned to `pg_catalog, pg_temp` (see [`pinned`]), so a function or operator
+//! someone planted earlier on the caller's path is never picked up.
+
+use crate::security::with_settings;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+
+/// The search path every internal query runs under.
+pub const INTERNAL_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// Quotes an identifier the way Postgres does (only when needed).
+pub fn quote_ident(ident: &str) -> String {
+    let c = CString::new(ident).expect("identifiers have no NUL");
+    // SAFETY: quote_identifier returns its argument or a palloc'd copy, both valid C strings.
+    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Quotes a value as a SQL string literal.
+pub fn quote_literal(value: &str) -> String {
+    let c = CString::new(value).expect("literals have no NUL");
+    // SAFETY: quote_literal_cstr returns a palloc'd, NUL-terminated copy.
+    unsafe { CStr::from_ptr(pg_sys::quote_literal_cstr(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs `f` with the internal search path.
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    with_settings(&[("search_path", INTERNAL_SEARCH_PATH.to_string())], f)
+}
+
+/// The quoted schema the extension was installed into, to qualify its tables with.
+pub fn ext_schema() -> String {
+    let schema = Spi::get_one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname = 'session_reaper'",
+    )
+    .expect("reading pg_extension")
+    .expect("session_reaper is installed when its functions run");
+    quote_ident(&schema)
+}
+
+/// The owner of the extension's tables: writes to them run as this role.
+pub fn ext_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'session_reaper'",
+    )
+    .expect("reading pg_extension")
+    .expect("session_reaper is installed when its functions run")
+}
+
+/// The name of a relation as `schema.table`, quoted where needed, or its OID when it is gone.
+pub fn relation_name(relid: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[relid.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| relid.to_u32().to_string())
+}
