@@ -57,31 +57,31 @@ SELECT pg_catalog.pg_extension_config_dump('reaper_target_id_seq', '');
 -- Nobody but the extension's owner writes these; everyone reads through the views below.
 REVOKE ALL ON reaper_target, reaper_state, reaper_run FROM PUBLIC;
 
--- reaper_can_see says whether the current user may see a target on this table: it can read
--- or manage the table, or, for a table that no longer exists, it is a superuser.
-CREATE FUNCTION reaper_can_see(target oid) RETURNS boolean
+-- reaper_can_see says whether a role may see a target on this table: it can read or manage
+-- the table, or, for a table that no longer exists, it is a superuser.
+CREATE FUNCTION reaper_can_see(target oid, viewer oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT CASE
-        WHEN c.oid IS NULL THEN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
-        ELSE has_table_privilege(c.oid, 'SELECT') OR pg_has_role(c.relowner, 'USAGE')
+        WHEN c.oid IS NULL THEN coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = viewer), false)
+        ELSE has_table_privilege(viewer, c.oid, 'SELECT') OR pg_has_role(viewer, c.relowner, 'USAGE')
     END
     FROM (SELECT target AS oid) want
     LEFT JOIN pg_class c ON c.oid = want.oid
 $$;
-COMMENT ON FUNCTION reaper_can_see(oid) IS 'session_reaper: whether the current user may see targets of this table';
+COMMENT ON FUNCTION reaper_can_see(oid, oid) IS 'session_reaper: whether a role may see targets of this table';
 
 CREATE VIEW reaper_targets WITH (security_barrier) AS
 SELECT t.id, t.relid AS target, t.column_name, t.timezone, t.grace, t.ttl, t.predicate,
        t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at
   FROM reaper_target t
- WHERE reaper_can_see(t.relid);
+ WHERE reaper_can_see(t.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_targets IS 'session_reaper: registered targets, one row per table you can see';
 
 CREATE VIEW reaper_history WITH (security_barrier) AS
 SELECT h.run_id, h.relid AS target, h.trigger, h.started_at, h.finished_at,
        h.finished_at - h.started_at AS duration, h.rows, h.batches, h.status, h.error
   FROM reaper_run h
- WHERE reaper_can_see(h.relid);
+ WHERE reaper_can_see(h.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_history IS 'session_reaper: run history for tables you can see';
 
 GRANT SELECT ON reaper_targets, reaper_history TO PUBLIC;

@@ -22,11 +22,12 @@ fn chosen_targets(relid: Option<pg_sys::Oid>, action: &'static str) -> Vec<Regis
         Some(relid) => vec![managed_target(relid, action)],
         None => target::load(None)
             .into_iter()
-            .filter(|r| r.enabled && may_manage(r.owner.unwrap_or(crate::security::superuser_role())))
+            .filter(|r| {
+                r.enabled && may_manage(r.owner.unwrap_or(crate::security::superuser_role()))
+            })
             .collect(),
     }
 }
-
 
 /// reaper_purge reaps now, in the caller's transaction, with the same rule, lock and history
 /// as the worker. A target that fails is rolled back alone, reported with a WARNING and in
@@ -35,14 +36,17 @@ fn chosen_targets(relid: Option<pg_sys::Oid>, action: &'static str) -> Vec<Regis
 fn reaper_purge(
     target: Option<pg_sys::Oid>,
     max_rows: Option<i64>,
-) -> TableIterator<'static, (
-    name!(target, pg_sys::Oid),
-    name!(rows_deleted, i64),
-    name!(batches, i32),
-    name!(duration, Interval),
-    name!(status, String),
-    name!(error, Option<String>),
-)> {
+) -> TableIterator<
+    'static,
+    (
+        name!(target, pg_sys::Oid),
+        name!(rows_deleted, i64),
+        name!(batches, i32),
+        name!(duration, Interval),
+        name!(status, String),
+        name!(error, Option<String>),
+    ),
+> {
     if let Some(max_rows) = max_rows.filter(|m| *m <= 0) {
         ReaperError::BadMaxRows { max_rows }.raise();
     }
@@ -72,13 +76,27 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
     let (progress, status, error) = match &registered.target {
         Err(e) => (Progress::default(), Status::Error, Some(e.message())),
         Ok(t) if max_rows.is_some_and(|m| m <= 0) => (Progress::default(), Status::Skipped, None),
-        Ok(t) => match in_subtransaction(|| reap::try_lock(t).then(|| reap::delete_until_done(t, max_rows))) {
+        Ok(t) => match in_subtransaction(|| {
+            reap::try_lock(t).then(|| reap::delete_until_done(t, max_rows))
+        }) {
             Ok(Some(progress)) => (progress, Status::Ok, None),
-            Ok(None) => (Progress::default(), Status::Skipped, Some("another reap of this table is running".into())),
+            Ok(None) => (
+                Progress::default(),
+                Status::Skipped,
+                Some("another reap of this table is running".into()),
+            ),
             Err((code, message)) => {
-                ErrorReport::new(code, format!("session_reaper: {}: {message}", t.name), "reaper_purge")
-                    .report(PgLogLevel::WARNING);
-                (Progress::default(), reap::failure_status(code), Some(message))
+                ErrorReport::new(
+                    code,
+                    format!("session_reaper: {}: {message}", t.name),
+                    "reaper_purge",
+                )
+                .report(PgLogLevel::WARNING);
+                (
+                    Progress::default(),
+                    reap::failure_status(code),
+                    Some(message),
+                )
             }
         },
     };
@@ -93,25 +111,29 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
     }
 }
 
-
 /// reaper_dry_run says what a reap would remove now and how, deleting nothing.
 #[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
-fn reaper_dry_run(target: Option<pg_sys::Oid>) -> TableIterator<'static, (
-    name!(target, pg_sys::Oid),
-    name!(column_name, String),
-    name!(timezone, Option<String>),
-    name!(would_delete, i64),
-    name!(oldest_expiry, Option<TimestampWithTimeZone>),
-    name!(oldest_dead_age, Option<Interval>),
-    name!(expired_lt_1h, i64),
-    name!(expired_1h_6h, i64),
-    name!(expired_6h_24h, i64),
-    name!(expired_gt_24h, i64),
-    name!(statement, String),
-    name!(uses_index, bool),
-    name!(index_advice, Option<String>),
-)> {
+fn reaper_dry_run(
+    target: Option<pg_sys::Oid>,
+) -> TableIterator<
+    'static,
+    (
+        name!(target, pg_sys::Oid),
+        name!(column_name, String),
+        name!(timezone, Option<String>),
+        name!(would_delete, i64),
+        name!(oldest_expiry, Option<TimestampWithTimeZone>),
+        name!(oldest_dead_age, Option<Interval>),
+        name!(expired_lt_1h, i64),
+        name!(expired_1h_6h, i64),
+        name!(expired_6h_24h, i64),
+        name!(expired_gt_24h, i64),
+        name!(statement, String),
+        name!(uses_index, bool),
+        name!(index_advice, Option<String>),
+    ),
+> {
     let rows = pinned(|| {
         chosen_targets(target, "inspect")
             .into_iter()
@@ -130,7 +152,9 @@ fn reaper_dry_run(target: Option<pg_sys::Oid>) -> TableIterator<'static, (
 }
 
 #[allow(clippy::type_complexity)]
-fn describe(t: &Target) -> (
+fn describe(
+    t: &Target,
+) -> (
     pg_sys::Oid,
     String,
     Option<String>,
@@ -188,4 +212,3 @@ fn describe(t: &Target) -> (
         (!uses_index).then(|| t.index_advice()),
     )
 }
-

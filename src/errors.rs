@@ -11,24 +11,72 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReaperError {
     /// The relation exists but is not something rows can be deleted from.
-    NotATable { table: String, kind: &'static str },
+    NotATable {
+        table: String,
+        kind: &'static str,
+    },
     /// A registered target whose table was dropped.
-    TableMissing { target: String },
-    ColumnMissing { table: String, column: String },
-    WrongColumnType { table: String, column: String, type_name: String },
-    NotOwner { table: String, action: &'static str },
-    NotRegistered { table: String },
-    BadBatchSize { table: String, batch_size: i32 },
-    NegativeInterval { table: String, option: &'static str },
-    BadSchedule { table: String, schedule: String, reason: String },
-    BadTimezone { table: String, timezone: String },
-    TimezoneNotApplicable { table: String, column: String },
-    BadPredicate { table: String, reason: String, code: PgSqlErrorCode },
-    UnknownAction { table: String, action: String },
-    ActionNotSupported { table: String, action: String },
-    BadMaxRows { max_rows: i64 },
+    TableMissing {
+        target: String,
+    },
+    ColumnMissing {
+        table: String,
+        column: String,
+    },
+    WrongColumnType {
+        table: String,
+        column: String,
+        type_name: String,
+    },
+    NotOwner {
+        table: String,
+        action: &'static str,
+    },
+    NotRegistered {
+        table: String,
+    },
+    BadBatchSize {
+        table: String,
+        batch_size: i32,
+    },
+    NegativeInterval {
+        table: String,
+        option: &'static str,
+    },
+    BadSchedule {
+        table: String,
+        schedule: String,
+        reason: String,
+    },
+    BadTimezone {
+        table: String,
+        timezone: String,
+    },
+    TimezoneNotApplicable {
+        table: String,
+        column: String,
+    },
+    BadPredicate {
+        table: String,
+        reason: String,
+        code: PgSqlErrorCode,
+    },
+    UnknownAction {
+        table: String,
+        action: String,
+    },
+    ActionNotSupported {
+        table: String,
+        action: String,
+    },
+    BadMaxRows {
+        max_rows: i64,
+    },
     /// A column of type timestamp/date whose target has no time zone recorded.
-    TimezoneMissing { table: String, column: String },
+    TimezoneMissing {
+        table: String,
+        column: String,
+    },
 }
 
 impl ReaperError {

@@ -48,7 +48,10 @@ pub fn validate(
 /// True when the parser sees exactly `SELECT WHERE <one IS TRUE test>`.
 fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, String)> {
     let sql = CString::new(format!("SELECT WHERE ({predicate}) IS TRUE")).map_err(|_| {
-        (PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "it contains a NUL byte".to_string())
+        (
+            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "it contains a NUL byte".to_string(),
+        )
     })?;
     catch_pg_error(|| unsafe {
         // SAFETY: raw_parser reads a valid C string and returns a palloc'd parse tree, which is
@@ -93,4 +96,3 @@ unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
 unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
     pg_sys::raw_parser(sql.as_ptr())
 }
-

@@ -27,9 +27,12 @@ pub struct Progress {
 /// reap of the same table holds it.
 pub fn try_lock(target: &Target) -> bool {
     let key = (LOCK_CLASS << 32) | i64::from(target.relid.to_u32());
-    Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_try_advisory_xact_lock($1)", &[key.into()])
-        .expect("taking the target lock")
-        .unwrap_or(false)
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_try_advisory_xact_lock($1)",
+        &[key.into()],
+    )
+    .expect("taking the target lock")
+    .unwrap_or(false)
 }
 
 /// Deletes at most `limit` dead rows of `target` in the current transaction, as the table's
@@ -42,7 +45,11 @@ pub fn delete_batch(target: &Target, limit: i64) -> i64 {
     ];
     with_settings(&settings, || {
         as_role(target.owner, || {
-            Spi::connect_mut(|client| client.update(statement.as_str(), None, &[]).map(|t| t.len()))
+            Spi::connect_mut(|client| {
+                client
+                    .update(statement.as_str(), None, &[])
+                    .map(|t| t.len())
+            })
         })
     })
     .expect("running the reap batch") as i64

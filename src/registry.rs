@@ -56,7 +56,11 @@ impl Table {
     }
 
     fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.relname))
+        format!(
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.relname)
+        )
     }
 
     /// The expiry column's kind, or why the column cannot be one.
@@ -68,7 +72,14 @@ impl Table {
         )
         .unwrap_or((None, None));
         // A placeholder zone: whether one is needed is decided by the caller.
-        target::check_loaded(&self.name, &self.relkind, column, type_oid, type_name, &Some(String::new()))
+        target::check_loaded(
+            &self.name,
+            &self.relkind,
+            column,
+            type_oid,
+            type_name,
+            &Some(String::new()),
+        )
     }
 }
 
@@ -94,11 +105,17 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
     let timezone = resolve_timezone(table, opts, kind)?;
     for (option, value) in [("grace", opts.grace), ("ttl", opts.ttl)] {
         if value.is_some_and(|v| v.as_micros() < 0) {
-            return Err(ReaperError::NegativeInterval { table: name(), option });
+            return Err(ReaperError::NegativeInterval {
+                table: name(),
+                option,
+            });
         }
     }
     if let Some(batch_size) = opts.batch_size.filter(|b| *b <= 0) {
-        return Err(ReaperError::BadBatchSize { table: name(), batch_size });
+        return Err(ReaperError::BadBatchSize {
+            table: name(),
+            batch_size,
+        });
     }
     if let Some(schedule) = opts.schedule {
         crate::schedule::validate(schedule).map_err(|reason| ReaperError::BadSchedule {
@@ -110,9 +127,17 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
     match opts.action {
         "delete" => {}
         "archive" | "drop_partitions" | "update" => {
-            return Err(ReaperError::ActionNotSupported { table: name(), action: opts.action.into() })
+            return Err(ReaperError::ActionNotSupported {
+                table: name(),
+                action: opts.action.into(),
+            })
         }
-        other => return Err(ReaperError::UnknownAction { table: name(), action: other.into() }),
+        other => {
+            return Err(ReaperError::UnknownAction {
+                table: name(),
+                action: other.into(),
+            })
+        }
     }
     if let Some(p) = opts.predicate {
         let search_path = format!("pg_catalog, {}", quote_ident(&table.schema));
@@ -142,11 +167,17 @@ fn resolve_timezone(
     }
     if let Some(tz) = opts.timezone {
         let known = catch_pg_error(|| {
-            Spi::get_one_with_args::<bool>("SELECT (now() AT TIME ZONE $1) IS NOT NULL", &[tz.into()])
+            Spi::get_one_with_args::<bool>(
+                "SELECT (now() AT TIME ZONE $1) IS NOT NULL",
+                &[tz.into()],
+            )
         });
         return match known {
             Ok(Ok(Some(true))) => Ok(Some(tz.to_string())),
-            _ => Err(ReaperError::BadTimezone { table: table.name.clone(), timezone: tz.into() }),
+            _ => Err(ReaperError::BadTimezone {
+                table: table.name.clone(),
+                timezone: tz.into(),
+            }),
         };
     }
     let session_tz = Spi::get_one::<String>("SELECT current_setting('TimeZone')")
@@ -215,7 +246,9 @@ fn reaper_register(
 ) -> i64 {
     pinned(|| {
         let table = Table::find(target);
-        let column = column.map(|c| c.to_string_lossy()).unwrap_or("expires_at".into());
+        let column = column
+            .map(|c| c.to_string_lossy())
+            .unwrap_or("expires_at".into());
         let opts = Options {
             column: &column,
             timezone,
@@ -234,11 +267,19 @@ fn reaper_register(
 
 /// The registered target of a table the caller may manage, or the error that says why not.
 pub fn managed_target(relid: pg_sys::Oid, action: &'static str) -> target::Registered {
-    let registered = target::load(Some(relid)).into_iter().next().unwrap_or_else(|| {
-        ReaperError::NotRegistered { table: crate::sql::relation_name(relid) }.raise()
-    });
+    let registered = target::load(Some(relid))
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| {
+            ReaperError::NotRegistered {
+                table: crate::sql::relation_name(relid),
+            }
+            .raise()
+        });
     // A target whose table is gone has no owner left to ask: only a superuser may clean it up.
-    let owner = registered.owner.unwrap_or(crate::security::superuser_role());
+    let owner = registered
+        .owner
+        .unwrap_or(crate::security::superuser_role());
     check_owner(&registered.name, owner, action).or_raise();
     registered
 }
@@ -249,8 +290,10 @@ fn reaper_unregister(target: pg_sys::Oid) {
     pinned(|| {
         let registered = managed_target(target, "unregister");
         let query = format!("DELETE FROM {}.reaper_target WHERE id = $1", ext_schema());
-        as_role(ext_owner(), || Spi::run_with_args(&query, &[registered.id.into()]))
-            .expect("writing reaper_target");
+        as_role(ext_owner(), || {
+            Spi::run_with_args(&query, &[registered.id.into()])
+        })
+        .expect("writing reaper_target");
     })
 }
 

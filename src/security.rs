@@ -83,7 +83,10 @@ pub fn check_owner(
     if may_manage(owner) {
         Ok(())
     } else {
-        Err(ReaperError::NotOwner { table: table.to_string(), action })
+        Err(ReaperError::NotOwner {
+            table: table.to_string(),
+            action,
+        })
     }
 }
 

@@ -6,71 +6,80 @@
 //! in expiry order (an index descent when the column is indexed).
 
 use crate::security::{as_role, with_settings};
-use crate::sql::{ext_schema, pinned};
+use crate::sql::{ext_owner, ext_schema, pinned};
 use crate::target::{self, Target};
 use crate::txn::in_subtransaction;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
-
 /// reaper_stats reports every target the caller may read, with counters and backlog.
 #[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
-fn reaper_stats() -> TableIterator<'static, (
-    name!(target, pg_sys::Oid),
-    name!(column_name, String),
-    name!(enabled, bool),
-    name!(schedule, Option<String>),
-    name!(last_run_at, Option<TimestampWithTimeZone>),
-    name!(last_status, Option<String>),
-    name!(last_error, Option<String>),
-    name!(last_deleted, Option<i64>),
-    name!(total_deleted, i64),
-    name!(total_runs, i64),
-    name!(total_errors, i64),
-    name!(last_duration, Option<Interval>),
-    name!(dead_rows_estimate, Option<i64>),
-    name!(oldest_dead_age, Option<Interval>),
-)> {
+fn reaper_stats() -> TableIterator<
+    'static,
+    (
+        name!(target, pg_sys::Oid),
+        name!(column_name, String),
+        name!(enabled, bool),
+        name!(schedule, Option<String>),
+        name!(last_run_at, Option<TimestampWithTimeZone>),
+        name!(last_status, Option<String>),
+        name!(last_error, Option<String>),
+        name!(last_deleted, Option<i64>),
+        name!(total_deleted, i64),
+        name!(total_runs, i64),
+        name!(total_errors, i64),
+        name!(last_duration, Option<Interval>),
+        name!(dead_rows_estimate, Option<i64>),
+        name!(oldest_dead_age, Option<Interval>),
+    ),
+> {
     let rows = pinned(|| {
-        let targets: HashMap<i64, Target> =
-            target::load(None).into_iter().filter_map(|r| r.target.ok().map(|t| (r.id, t))).collect();
+        let targets: HashMap<i64, Target> = target::load(None)
+            .into_iter()
+            .filter_map(|r| r.target.ok().map(|t| (r.id, t)))
+            .collect();
         let query = format!(
             "SELECT t.id, t.relid::oid, t.column_name::text, t.enabled, t.schedule, s.last_run_at,
                     s.last_status, s.last_error, s.last_deleted, coalesce(s.total_deleted, 0),
                     coalesce(s.total_runs, 0), coalesce(s.total_errors, 0), s.last_duration
                FROM {schema}.reaper_target t
                LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
-              WHERE {schema}.reaper_can_see(t.relid)
+              WHERE {schema}.reaper_can_see(t.relid, $1)
               ORDER BY t.id",
             schema = ext_schema(),
         );
-        Spi::connect(|client| {
-            let mut out = Vec::new();
-            for row in client.select(query.as_str(), None, &[])? {
-                let id: i64 = row.get(1)?.expect("id");
-                let (estimate, oldest) = targets.get(&id).map(backlog).unwrap_or((None, None));
-                out.push((
-                    row.get(2)?.expect("relid"),
-                    row.get(3)?.expect("column_name"),
-                    row.get(4)?.unwrap_or(false),
-                    row.get(5)?,
-                    row.get(6)?,
-                    row.get(7)?,
-                    row.get(8)?,
-                    row.get(9)?,
-                    row.get(10)?.unwrap_or(0),
-                    row.get(11)?.unwrap_or(0),
-                    row.get(12)?.unwrap_or(0),
-                    row.get(13)?,
-                    estimate,
-                    oldest,
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+        // The registry is read as the extension's owner, filtered by what the caller may see.
+        let caller = unsafe { pg_sys::GetUserId() };
+        let visible = as_role(ext_owner(), || {
+            Spi::connect(|client| {
+                let mut out = Vec::new();
+                for row in client.select(query.as_str(), None, &[caller.into()])? {
+                    let id: i64 = row.get(1)?.expect("id");
+                    let (estimate, oldest) = targets.get(&id).map(backlog).unwrap_or((None, None));
+                    out.push((
+                        row.get(2)?.expect("relid"),
+                        row.get(3)?.expect("column_name"),
+                        row.get(4)?.unwrap_or(false),
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                        row.get(10)?.unwrap_or(0),
+                        row.get(11)?.unwrap_or(0),
+                        row.get(12)?.unwrap_or(0),
+                        row.get(13)?,
+                        estimate,
+                        oldest,
+                    ));
+                }
+                Ok::<_, pgrx::spi::Error>(out)
+            })
         })
-        .expect("reading reaper_state")
+        .expect("reading reaper_state");
+        visible
     });
     TableIterator::new(rows)
 }
@@ -78,20 +87,29 @@ fn reaper_stats() -> TableIterator<'static, (
 /// The planner's estimate of dead rows, and how long ago the oldest dead row expired. NULL
 /// when the table cannot be read right now (a lock, a changed column): stats never fail.
 fn backlog(t: &Target) -> (Option<i64>, Option<Interval>) {
-    let estimate_query = format!("SELECT 1 FROM {} WHERE {}", t.qualified(), t.dead_condition());
+    let estimate_query = format!(
+        "SELECT 1 FROM {} WHERE {}",
+        t.qualified(),
+        t.dead_condition()
+    );
     let oldest_query = format!(
-        "SELECT now() - {} FROM {} WHERE {} ORDER BY {} LIMIT 1",
+        "SELECT (SELECT now() - {} FROM {} WHERE {} ORDER BY {} LIMIT 1)",
         t.expiry_expression(),
         t.qualified(),
         t.dead_condition(),
         crate::sql::quote_ident(&t.column)
     );
-    let settings = [("search_path", t.search_path()), ("lock_timeout", "100ms".to_string())];
+    let settings = [
+        ("search_path", t.search_path()),
+        ("lock_timeout", "100ms".to_string()),
+    ];
     in_subtransaction(|| {
         with_settings(&settings, || {
             as_role(t.owner, || {
                 let plan = Spi::explain(&estimate_query).expect("explain");
-                let estimate = plan.0[0]["Plan"]["Plan Rows"].as_f64().map(|rows| rows as i64);
+                let estimate = plan.0[0]["Plan"]["Plan Rows"]
+                    .as_f64()
+                    .map(|rows| rows as i64);
                 let oldest = Spi::get_one::<Interval>(&oldest_query).expect("oldest dead row");
                 (estimate, oldest)
             })

@@ -6,7 +6,8 @@
 //! registration shows up as an error of that target instead of a wrong delete.
 
 use crate::errors::ReaperError;
-use crate::sql::{ext_schema, quote_ident, quote_literal};
+use crate::security::as_role;
+use crate::sql::{ext_owner, ext_schema, quote_ident, quote_literal};
 use pgrx::prelude::*;
 
 /// How the expiry column's values become points in time.
@@ -84,13 +85,16 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
           ORDER BY t.id",
         ext_schema()
     );
-    Spi::connect(|client| {
-        let rows = client.select(&query, None, &[relid.into()])?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(from_row(&row)?);
-        }
-        Ok::<_, pgrx::spi::Error>(out)
+    // Read as the extension's owner: callers filter by their own rights afterwards.
+    as_role(ext_owner(), || {
+        Spi::connect(|client| {
+            let rows = client.select(&query, None, &[relid.into()])?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(from_row(&row)?);
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
     })
     .expect("reading the session_reaper registry")
 }
@@ -102,12 +106,21 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
     let owner: Option<pg_sys::Oid> = row.get(4)?;
     let enabled: bool = row.get(16)?.unwrap_or(false);
     let target = match owner {
-        None => Err(ReaperError::TableMissing { target: name.clone() }),
+        None => Err(ReaperError::TableMissing {
+            target: name.clone(),
+        }),
         Some(owner) => {
             let column: String = row.get(8)?.expect("column_name is not null");
             let timezone: Option<String> = row.get(11)?;
             let relkind: String = row.get(7)?.unwrap_or_default();
-            match check_loaded(&name, &relkind, &column, row.get(9)?, row.get(10)?, &timezone) {
+            match check_loaded(
+                &name,
+                &relkind,
+                &column,
+                row.get(9)?,
+                row.get(10)?,
+                &timezone,
+            ) {
                 Err(e) => Err(e),
                 Ok(kind) => Ok(Target {
                     relid,
@@ -126,7 +139,14 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
             }
         }
     };
-    Ok(Registered { id, relid, name, owner, enabled, target })
+    Ok(Registered {
+        id,
+        relid,
+        name,
+        owner,
+        enabled,
+        target,
+    })
 }
 
 /// Checks what can change behind a registered target's back: its table's kind, its column's
@@ -171,7 +191,10 @@ pub fn check_relkind(table: &str, relkind: &str) -> Result<(), ReaperError> {
         "t" => "TOAST table",
         _ => "relation of another kind",
     };
-    Err(ReaperError::NotATable { table: table.to_string(), kind })
+    Err(ReaperError::NotATable {
+        table: table.to_string(),
+        kind,
+    })
 }
 
 impl Target {
@@ -188,7 +211,9 @@ impl Target {
 
     /// The batch size this target uses.
     pub fn batch_size(&self) -> i64 {
-        self.batch_size.map(i64::from).unwrap_or_else(crate::settings::batch_size)
+        self.batch_size
+            .map(i64::from)
+            .unwrap_or_else(crate::settings::batch_size)
     }
 
     /// The point in time before which a row is dead: now() minus grace (and ttl).

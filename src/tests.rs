@@ -1,1 +1,531 @@
-//! In-crate tests: each runs inside a rolled-back transaction of a real Postgres.
+//! In-crate tests: each runs inside one transaction of a real Postgres that is rolled back
+//! afterwards, so they cover what a single session sees: validation, the SQL a rule becomes,
+//! purge's row-by-row correctness, and privileges. Worker behaviour is tested on a real
+//! cluster by pgrx-tests/.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use crate::txn::in_subtransaction;
+    use pgrx::prelude::*;
+    use pgrx::PgSqlErrorCode;
+    use pgrx::PgSqlErrorCode::*;
+
+    /// Runs `sql`, which must fail; returns its SQLSTATE and message.
+    fn error_of(sql: &str) -> (PgSqlErrorCode, String) {
+        let sql = sql.to_string();
+        match in_subtransaction(move || Spi::run(&sql)) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql)
+            .expect("query runs")
+            .expect("a count")
+    }
+
+    fn run(sql: &str) {
+        Spi::run(sql).expect("statement runs");
+    }
+
+    /// The registry, as text, to prove that a failed call changed nothing.
+    fn registry() -> String {
+        Spi::get_one::<String>(
+            "SELECT coalesce(string_agg(t::text, ';' ORDER BY id), '') FROM reaper_targets t",
+        )
+        .expect("read registry")
+        .unwrap_or_default()
+    }
+
+    fn sessions_table() {
+        run("CREATE TABLE sessions (id bigserial PRIMARY KEY, token text, pinned bool NOT NULL DEFAULT false,
+                                    created_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL)");
+    }
+
+    /// Registering a bad input fails with `code`, names the table in its message, and leaves the
+    /// registry as it was.
+    fn assert_refused(sql: &str, code: PgSqlErrorCode, names: &str) {
+        let before = registry();
+        let (got, message) = error_of(sql);
+        assert_eq!(got, code, "SQLSTATE of {sql}: {message}");
+        assert!(
+            message.contains(names),
+            "message of {sql} names {names}: {message}"
+        );
+        assert_eq!(registry(), before, "{sql} changed the registry");
+    }
+
+    #[pg_test]
+    fn register_returns_a_stable_id_and_replaces_the_rule() {
+        sessions_table();
+        let first = count("SELECT reaper_register('sessions')");
+        let second =
+            count("SELECT reaper_register('sessions', grace => '1 hour', batch_size => 50)");
+        assert_eq!(first, second);
+        assert_eq!(count("SELECT count(*) FROM reaper_targets"), 1);
+        assert_eq!(count("SELECT batch_size::bigint FROM reaper_targets"), 50);
+    }
+
+    #[pg_test]
+    fn bad_inputs_are_refused_with_sqlstate_and_change_nothing() {
+        sessions_table();
+        run("CREATE TABLE tokens (id int, expires_at text, valid_until numeric)");
+        run("CREATE VIEW live_sessions AS SELECT * FROM sessions");
+        run("SELECT reaper_register('sessions')");
+        let (code, message) = error_of("SELECT reaper_register('no_such_table')");
+        assert_eq!(code, ERRCODE_UNDEFINED_TABLE);
+        assert!(message.contains("no_such_table"));
+        assert_refused(
+            "SELECT reaper_register('live_sessions')",
+            ERRCODE_WRONG_OBJECT_TYPE,
+            "live_sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', 'gone_at')",
+            ERRCODE_UNDEFINED_COLUMN,
+            "gone_at",
+        );
+        assert_refused(
+            "SELECT reaper_register('tokens')",
+            ERRCODE_DATATYPE_MISMATCH,
+            "tokens",
+        );
+        assert_refused(
+            "SELECT reaper_register('tokens', 'valid_until')",
+            ERRCODE_DATATYPE_MISMATCH,
+            "valid_until",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', batch_size => 0)",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', batch_size => -5)",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', grace => '-1 hour')",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', schedule => 'every tuesday')",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', schedule => '61 * * * *')",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "61 * * * *",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', schedule => '0 seconds')",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', timezone => 'UTC')",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "expires_at",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', action => 'shred')",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "shred",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', action => 'archive')",
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            "archive",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'pinned = ')",
+            ERRCODE_SYNTAX_ERROR,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'id + 1')",
+            ERRCODE_DATATYPE_MISMATCH,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'no_such_col')",
+            ERRCODE_UNDEFINED_COLUMN,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => '')",
+            ERRCODE_SYNTAX_ERROR,
+            "sessions",
+        );
+        // Attempts to leave the parentheses: extra statements, or a wider condition.
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'true); DROP TABLE sessions; SELECT (1')",
+            ERRCODE_SYNTAX_ERROR,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'false) OR (true')",
+            ERRCODE_SYNTAX_ERROR,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'true) IS TRUE OR (true')",
+            ERRCODE_SYNTAX_ERROR,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_register('sessions', predicate => 'true) FROM pg_class WHERE (true')",
+            ERRCODE_SYNTAX_ERROR,
+            "sessions",
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 'sessions'"),
+            1
+        );
+        assert_refused(
+            "SELECT reaper_purge('sessions', max_rows => 0)",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "max_rows",
+        );
+        assert_refused(
+            "SELECT reaper_unregister('tokens')",
+            ERRCODE_UNDEFINED_OBJECT,
+            "tokens",
+        );
+        assert_refused(
+            "SELECT reaper_purge('tokens')",
+            ERRCODE_UNDEFINED_OBJECT,
+            "tokens",
+        );
+    }
+
+    #[pg_test]
+    fn a_valid_predicate_with_parentheses_and_strings_is_kept() {
+        sessions_table();
+        run("SELECT reaper_register('sessions', predicate => $$(NOT pinned) AND token <> ')'$$)");
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_targets WHERE predicate IS NOT NULL"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn purge_never_deletes_a_row_that_is_not_expired() {
+        sessions_table();
+        // One row a second either side of now(), one exactly at now(), one long dead.
+        run("INSERT INTO sessions (token, expires_at) VALUES
+               ('dead_1s', now() - interval '1 second'), ('live_1s', now() + interval '1 second'),
+               ('at_now', now()), ('dead_1d', now() - interval '1 day')");
+        run("SELECT reaper_register('sessions')");
+        let deleted = count("SELECT rows_deleted FROM reaper_purge('sessions')");
+        assert_eq!(deleted, 2);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT string_agg(token, ',' ORDER BY token) FROM sessions")
+                .unwrap()
+                .unwrap(),
+            "at_now,live_1s"
+        );
+    }
+
+    #[pg_test]
+    fn grace_keeps_rows_until_it_has_passed() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES
+               ('in_grace', now() - interval '59 minutes'), ('past_grace', now() - interval '61 minutes')");
+        run("SELECT reaper_register('sessions', grace => '1 hour')");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'in_grace'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn ttl_mode_reads_the_column_as_a_creation_time() {
+        sessions_table();
+        run("INSERT INTO sessions (token, created_at, expires_at) VALUES
+               ('young', now() - interval '7 days' + interval '1 minute', now() + interval '1 year'),
+               ('old', now() - interval '7 days' - interval '1 minute', now() + interval '1 year')");
+        run("SELECT reaper_register('sessions', 'created_at', ttl => '7 days')");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'young'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn predicate_limits_what_is_deleted() {
+        sessions_table();
+        run("INSERT INTO sessions (token, pinned, expires_at) VALUES
+               ('pinned', true, now() - interval '1 day'), ('loose', false, now() - interval '1 day')");
+        run("SELECT reaper_register('sessions', predicate => 'NOT pinned')");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'pinned'"),
+            1
+        );
+    }
+
+    /// A `timestamp` column holds wall-clock times in the zone the app writes them in. On a server
+    /// west of UTC, reading them as UTC would make a live row look hours old.
+    #[pg_test]
+    fn timestamp_columns_are_read_in_the_registered_zone() {
+        run("SET LOCAL TimeZone = 'America/Los_Angeles'");
+        run("CREATE TABLE web_sessions (sid text, expire timestamp NOT NULL)");
+        run("INSERT INTO web_sessions VALUES
+               ('live', (now() + interval '30 minutes')::timestamp),
+               ('dead', (now() - interval '30 minutes')::timestamp)");
+        run("SELECT reaper_register('web_sessions', 'expire')");
+        assert_eq!(
+            Spi::get_one::<String>("SELECT timezone FROM reaper_targets")
+                .unwrap()
+                .unwrap(),
+            "America/Los_Angeles"
+        );
+        // The reap runs in a session whose TimeZone differs from the app's: it must not matter.
+        run("SET LOCAL TimeZone = 'UTC'");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('web_sessions')"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM web_sessions WHERE sid = 'live'"),
+            1
+        );
+        // An app that writes UTC (Rails) says so.
+        run("CREATE TABLE rails_sessions (id int, expires_at timestamp NOT NULL)");
+        run(
+            "INSERT INTO rails_sessions VALUES (1, (now() AT TIME ZONE 'UTC') + interval '10 minutes'),
+                                               (2, (now() AT TIME ZONE 'UTC') - interval '10 minutes')",
+        );
+        run("SET LOCAL TimeZone = 'America/Los_Angeles'");
+        run("SELECT reaper_register('rails_sessions', timezone => 'UTC')");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('rails_sessions')"),
+            1
+        );
+        assert_eq!(count("SELECT id::bigint FROM rails_sessions"), 1);
+    }
+
+    #[pg_test]
+    fn date_and_epoch_columns() {
+        run("CREATE TABLE codes (code text, valid_until date NOT NULL, expires_epoch bigint NOT NULL)");
+        run("INSERT INTO codes VALUES
+               ('today', current_date, 0),
+               ('yesterday', current_date - 1, 0)");
+        run("SELECT reaper_register('codes', 'valid_until', timezone => current_setting('TimeZone'))");
+        // A date is valid through its whole day: only yesterday's is gone.
+        assert_eq!(count("SELECT rows_deleted FROM reaper_purge('codes')"), 1);
+        assert_eq!(count("SELECT count(*) FROM codes WHERE code = 'today'"), 1);
+
+        run("CREATE TABLE otp (id int, expires_epoch int NOT NULL)");
+        run("INSERT INTO otp VALUES
+               (1, floor(extract(epoch FROM now()))::int - 1),
+               (2, floor(extract(epoch FROM now()))::int + 1),
+               (3, floor(extract(epoch FROM now()))::int)");
+        run("SELECT reaper_register('otp', 'expires_epoch')");
+        assert_eq!(count("SELECT rows_deleted FROM reaper_purge('otp')"), 1);
+        assert_eq!(count("SELECT count(*) FROM otp WHERE id IN (2, 3)"), 2);
+    }
+
+    #[pg_test]
+    fn purge_deletes_in_batches_and_respects_max_rows() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) SELECT 't' || g, now() - interval '1 hour' FROM generate_series(1, 250) g");
+        run("SELECT reaper_register('sessions', batch_size => 100)");
+        let (rows, batches) = Spi::get_two::<i64, i32>(
+            "SELECT rows_deleted, batches FROM reaper_purge('sessions', max_rows => 120)",
+        )
+        .unwrap();
+        assert_eq!((rows, batches), (Some(120), Some(2)));
+        let (rows, batches) =
+            Spi::get_two::<i64, i32>("SELECT rows_deleted, batches FROM reaper_purge('sessions')")
+                .unwrap();
+        assert_eq!((rows, batches), (Some(130), Some(2)));
+        assert_eq!(count("SELECT total_deleted FROM reaper_stats()"), 250);
+        assert_eq!(count("SELECT total_runs FROM reaper_stats()"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_history WHERE trigger = 'manual' AND status = 'ok'"),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn dry_run_reports_and_deletes_nothing() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES
+               ('a', now() - interval '30 minutes'), ('b', now() - interval '2 hours'),
+               ('c', now() - interval '7 hours'), ('d', now() - interval '2 days'), ('e', now() + interval '1 hour')");
+        run("SELECT reaper_register('sessions')");
+        let buckets = Spi::get_one::<String>(
+            "SELECT concat_ws(',', would_delete, expired_lt_1h, expired_1h_6h, expired_6h_24h, expired_gt_24h, uses_index)
+               FROM reaper_dry_run('sessions')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(buckets, "4,1,1,1,1,f");
+        assert_eq!(count("SELECT count(*) FROM sessions"), 5);
+        let advice = Spi::get_one::<String>("SELECT index_advice FROM reaper_dry_run('sessions')")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            advice,
+            "CREATE INDEX CONCURRENTLY ON public.sessions (expires_at);"
+        );
+        run("CREATE INDEX ON sessions (expires_at)");
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT uses_index FROM reaper_dry_run('sessions')").unwrap(),
+            Some(true)
+        );
+        // The statement shown is the one purge runs: running it by hand deletes the same rows.
+        let statement = Spi::get_one::<String>("SELECT statement FROM reaper_dry_run('sessions')")
+            .unwrap()
+            .unwrap();
+        run(&statement);
+        assert_eq!(count("SELECT count(*) FROM sessions"), 1);
+    }
+
+    #[pg_test]
+    fn only_the_owner_may_register_purge_or_change_a_target() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 day')");
+        run("CREATE ROLE reaper_test_owner; CREATE ROLE reaper_test_other; CREATE ROLE reaper_test_member");
+        run("GRANT reaper_test_owner TO reaper_test_member");
+        run("ALTER TABLE sessions OWNER TO reaper_test_owner");
+        run("GRANT SELECT, DELETE ON sessions TO reaper_test_other");
+        run("SET LOCAL ROLE reaper_test_other");
+        assert_refused(
+            "SELECT reaper_register('sessions')",
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "sessions",
+        );
+        run("RESET ROLE");
+        run("SET LOCAL ROLE reaper_test_member");
+        run("SELECT reaper_register('sessions')");
+        run("SET LOCAL ROLE reaper_test_other");
+        assert_refused(
+            "SELECT reaper_purge('sessions')",
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_enable('sessions', false)",
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "sessions",
+        );
+        assert_refused(
+            "SELECT reaper_unregister('sessions')",
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "sessions",
+        );
+        // It may read the table, so it sees the target; a role that may not, does not.
+        assert_eq!(count("SELECT count(*) FROM reaper_stats()"), 1);
+        assert_eq!(count("SELECT count(*) FROM reaper_targets"), 1);
+        run("RESET ROLE");
+        run("CREATE ROLE reaper_test_stranger");
+        run("SET LOCAL ROLE reaper_test_stranger");
+        assert_eq!(count("SELECT count(*) FROM reaper_stats()"), 0);
+        assert_eq!(count("SELECT count(*) FROM reaper_targets"), 0);
+        assert_eq!(count("SELECT count(*) FROM reaper_history"), 0);
+        run("RESET ROLE");
+        run("SET LOCAL ROLE reaper_test_other");
+        // Purging everything purges only what the caller owns.
+        assert_eq!(count("SELECT count(*) FROM reaper_purge()"), 0);
+        // The extension's tables are not writable by others, whoever they are.
+        let (code, _) = error_of("DELETE FROM reaper_target");
+        assert_eq!(code, ERRCODE_INSUFFICIENT_PRIVILEGE);
+        run("SET LOCAL ROLE reaper_test_member");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            1
+        );
+        run("RESET ROLE");
+    }
+
+    #[pg_test]
+    fn a_purge_acts_as_the_table_owner_so_row_level_security_applies() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES ('mine', now() - interval '1 day'), ('theirs', now() - interval '1 day')");
+        run("CREATE ROLE reaper_rls_owner");
+        run("ALTER TABLE sessions OWNER TO reaper_rls_owner");
+        run("ALTER TABLE sessions ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY");
+        run("CREATE POLICY only_mine ON sessions USING (token = 'mine')");
+        // Run as a superuser: the policy still binds, because the DELETE runs as the owner.
+        run("SELECT reaper_register('sessions')");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            1
+        );
+        run("ALTER TABLE sessions NO FORCE ROW LEVEL SECURITY");
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'theirs'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn a_broken_target_is_reported_and_the_others_still_run() {
+        sessions_table();
+        run("CREATE TABLE tokens (id int, expires_at timestamptz)");
+        run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 day')");
+        run("INSERT INTO tokens VALUES (1, now() - interval '1 day')");
+        run("SELECT reaper_register('tokens'); SELECT reaper_register('sessions')");
+        run("ALTER TABLE tokens RENAME COLUMN expires_at TO valid_to");
+        let statuses = Spi::get_one::<String>(
+            "SELECT string_agg(target::text || ':' || status || ':' || rows_deleted, ',' ORDER BY target::text) FROM reaper_purge()",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(statuses, "sessions:ok:1,tokens:error:0");
+        assert_eq!(
+            count("SELECT total_errors FROM reaper_stats() WHERE target = 'tokens'::regclass"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM tokens"), 1);
+    }
+
+    #[pg_test]
+    fn disabled_targets_are_left_alone_by_a_purge_of_all() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 day')");
+        run("SELECT reaper_register('sessions', enabled => false)");
+        assert_eq!(count("SELECT count(*) FROM reaper_purge()"), 0);
+        run("SELECT reaper_enable('sessions', true)");
+        assert_eq!(
+            count("SELECT sum(rows_deleted)::bigint FROM reaper_purge()"),
+            1
+        );
+        run("SELECT reaper_unregister('sessions')");
+        assert_eq!(count("SELECT count(*) FROM reaper_targets"), 0);
+    }
+
+    #[pg_test]
+    fn stats_show_the_backlog() {
+        sessions_table();
+        run("CREATE INDEX ON sessions (expires_at)");
+        run("INSERT INTO sessions (token, expires_at) SELECT 't' || g, now() - g * interval '1 minute' FROM generate_series(1, 500) g");
+        run("ANALYZE sessions");
+        run("SELECT reaper_register('sessions')");
+        let estimate = count("SELECT dead_rows_estimate FROM reaper_stats()");
+        assert!((400..=600).contains(&estimate), "estimate {estimate}");
+        let oldest_minutes =
+            count("SELECT extract(epoch FROM oldest_dead_age)::bigint / 60 FROM reaper_stats()");
+        assert_eq!(oldest_minutes, 500);
+    }
+}
