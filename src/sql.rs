@@ -30,9 +30,14 @@ pub fn quote_literal(value: &str) -> String {
         .into_owned()
 }
 
-/// Runs `f` with the internal search path.
+/// Runs `f` with the internal search path, and the interval style the generated SQL is
+/// written in (interval values are read from the catalog as text and spliced back as literals).
 pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
-    with_settings(&[("search_path", INTERNAL_SEARCH_PATH.to_string())], f)
+    let settings = [
+        ("search_path", INTERNAL_SEARCH_PATH.to_string()),
+        ("IntervalStyle", "postgres".to_string()),
+    ];
+    with_settings(&settings, f)
 }
 
 /// The quoted schema the extension was installed into, to qualify its tables with.

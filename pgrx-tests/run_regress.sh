@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# run_regress.sh — the pg_regress cases under pgrx-tests/regress against a throwaway cluster.
+# Expects session_reaper installed into the local Postgres 15. Prints a summary line.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/../scripts/cluster.sh"
+work=${REGRESS_DIR:-/tmp/session_reaper_regress}
+cluster_start "$work" "${REGRESS_PORT:-54331}"
+createdb reaper_regress
+trap cluster_stop EXIT
+out=$(mktemp -d)
+tests=$(cd "$here/regress/sql" && ls *.sql | sed 's/\.sql$//')
+status=0
+/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+  --host="$PGHOST" --port="$PGPORT" --user=postgres --dbname=reaper_regress --use-existing \
+  --inputdir="$here/regress" --outputdir="$out" $tests || status=$?
+if [ "$status" -ne 0 ] && [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi
+exit "$status"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# test.sh — every test session_reaper has, from a fresh machine: set-up, formatting and lints,
+# the in-crate #[pg_test]s, the pg_regress cases and the real-cluster harness. Exits non-zero
+# when anything fails and ends with one summary line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --features "pg15 pg_test" --tests -- -D warnings
+
+echo "== #[pg_test]s (cargo pgrx test)"
+if [ "$(id -u)" -eq 0 ]; then
+  # initdb refuses root: pgrx runs the test cluster as `postgres` in a directory it can enter.
+  export CARGO_PGRX_TEST_RUNAS=postgres
+  export CARGO_PGRX_TEST_PGDATA=${CARGO_PGRX_TEST_PGDATA:-/tmp/session_reaper_pgrx/data}
+  mkdir -p "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
+  chown postgres: "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
+fi
+cargo pgrx test pg15 2>&1 | tee "$log"
+unit=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+
+echo "== install into the local Postgres 15"
+sudo_flag=()
+[ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+
+echo "== pg_regress cases"
+bash pgrx-tests/run_regress.sh 2>&1 | tee "$log"
+regress=$(grep -Eo 'All [0-9]+ tests passed' "$log" | grep -Eo '[0-9]+')
+
+echo "tests: $((unit + regress)) passed, 0 failed"
