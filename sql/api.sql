@@ -51,7 +51,13 @@ CREATE FUNCTION reaper_stats()
 RETURNS TABLE (target regclass, column_name text, enabled boolean, schedule text,
                last_run_at timestamptz, last_status text, last_error text, last_deleted bigint,
                total_deleted bigint, total_runs bigint, total_errors bigint, last_duration interval,
-               dead_rows_estimate bigint, oldest_dead_age interval)
+               dead_rows_estimate bigint, oldest_dead_age interval, next_run_at timestamptz,
+               worker_pid integer, worker_state text, current_target regclass)
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_stats_wrapper';
 COMMENT ON FUNCTION reaper_stats() IS 'session_reaper: per target, what the reaper did and what is waiting';
+
+CREATE FUNCTION reaper_wake() RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'reaper_wake_wrapper';
+COMMENT ON FUNCTION reaper_wake() IS 'session_reaper: ask this database''s worker to run every target now; false when it has no worker';

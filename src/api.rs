@@ -56,7 +56,7 @@ fn reaper_purge(
         for registered in chosen_targets(target, "purge") {
             let run = purge_one(&registered, budget);
             budget = budget.map(|b| b - run.rows);
-            let (_, took_ms) = history::record(&run);
+            let took_ms = history::record(&run);
             rows.push((
                 registered.relid,
                 run.rows,
@@ -72,7 +72,7 @@ fn reaper_purge(
 }
 
 fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
-    let started_at = history::clock();
+    let started_at = history::unix_now();
     let (progress, status, error) = match &registered.target {
         Err(e) => (Progress::default(), Status::Error, Some(e.message())),
         Ok(t) if max_rows.is_some_and(|m| m <= 0) => (Progress::default(), Status::Skipped, None),
@@ -211,4 +211,11 @@ fn describe(
         uses_index,
         (!uses_index).then(|| t.index_advice()),
     )
+}
+
+/// reaper_wake asks this database's worker to run every enabled target now, with its usual
+/// per-batch commits; false when the database has no running worker.
+#[pg_extern(sql = false)]
+fn reaper_wake() -> bool {
+    crate::shmem::wake_worker(unsafe { pg_sys::MyDatabaseId }.to_u32())
 }

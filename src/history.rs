@@ -1,15 +1,17 @@
-//! history.rs — what each run did: one row in `reaper_history`, the target's counters in
-//! `reaper_state`, and one LOG line when rows were removed.
+//! history.rs — what each run did: one row in `reaper_run` (read through the `reaper_history`
+//! view), the target's counters in `reaper_state`, and one LOG line when rows were removed.
 //!
 //! Both tables belong to the extension's owner; runs are recorded as that role, whoever
 //! triggered them. `reaper_stats()` only reads `reaper_state`, so scraping it writes nothing
-//! and costs one row per target however long the history is.
+//! and costs one row per target however long the history is. `reaper.log_history` decides
+//! which runs get a history row; the counters are kept either way.
 
 use crate::security::as_role;
+use crate::settings::{self, LogHistory};
 use crate::sql::{ext_owner, ext_schema};
 use crate::target::Registered;
-use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,35 +39,44 @@ impl Status {
 pub struct Run<'a> {
     pub target: &'a Registered,
     pub trigger: &'static str,
-    pub started_at: TimestampWithTimeZone,
+    /// When the run started, in Unix seconds.
+    pub started_at: f64,
     pub rows: i64,
     pub batches: i32,
     pub status: Status,
     pub error: Option<String>,
 }
 
-/// The current time, for a run's start.
-pub fn clock() -> TimestampWithTimeZone {
-    Spi::get_one::<TimestampWithTimeZone>("SELECT clock_timestamp()")
-        .expect("reading the clock")
-        .expect("clock_timestamp() is not null")
+/// The wall clock in Unix seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
-/// Writes the run into the history and the target's counters; returns the run id and how long
-/// the run took in milliseconds.
-pub fn record(run: &Run) -> (String, f64) {
+/// Writes the run into the counters (and the history, as `reaper.log_history` says); returns
+/// how long the run took in milliseconds.
+pub fn record(run: &Run) -> f64 {
+    let keep_history = match settings::log_history() {
+        LogHistory::All => true,
+        LogHistory::Errors => run.status != Status::Ok,
+        LogHistory::Off => false,
+    };
     let schema = ext_schema();
     let query = format!(
-        "WITH h AS (
+        "WITH r AS (SELECT gen_random_uuid() AS run_id, to_timestamp($4) AS started_at,
+                           clock_timestamp() AS finished_at),
+         h AS (
            INSERT INTO {schema}.reaper_run
                   (run_id, target_id, relid, trigger, started_at, finished_at, rows, batches, status, error)
-           VALUES (gen_random_uuid(), $1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8)
-           RETURNING run_id, finished_at - started_at AS took),
+           SELECT run_id, $1, $2, $3, started_at, finished_at, $5, $6, $7, $8 FROM r WHERE $9),
          s AS (
            INSERT INTO {schema}.reaper_state AS s
                   (target_id, last_run_at, last_status, last_error, last_deleted, last_duration,
                    total_deleted, total_runs, total_errors)
-           SELECT $1, $4, $7, $8, $5, took, $5, 1, ($7 IN ('error', 'timeout'))::int FROM h
+           SELECT $1, started_at, $7, $8, $5, finished_at - started_at, $5, 1,
+                  ($7 IN ('error', 'timeout'))::int FROM r
            ON CONFLICT (target_id) DO UPDATE SET
                   last_run_at = EXCLUDED.last_run_at, last_status = EXCLUDED.last_status,
                   last_error = EXCLUDED.last_error, last_deleted = EXCLUDED.last_deleted,
@@ -73,7 +84,7 @@ pub fn record(run: &Run) -> (String, f64) {
                   total_deleted = s.total_deleted + EXCLUDED.total_deleted,
                   total_runs = s.total_runs + 1,
                   total_errors = s.total_errors + EXCLUDED.total_errors)
-         SELECT run_id::text, extract(epoch FROM took)::float8 * 1000 FROM h"
+         SELECT run_id::text, extract(epoch FROM finished_at - started_at)::float8 * 1000 FROM r"
     );
     let (run_id, took_ms) = as_role(ext_owner(), || {
         Spi::get_two_with_args::<String, f64>(
@@ -87,21 +98,40 @@ pub fn record(run: &Run) -> (String, f64) {
                 run.batches.into(),
                 run.status.as_str().into(),
                 run.error.clone().into(),
+                keep_history.into(),
             ],
         )
     })
     .expect("writing reaper_run");
-    let run_id = run_id.expect("run id");
     let took_ms = took_ms.unwrap_or(0.0);
-    if run.rows > 0 {
+    if run.rows > 0 && settings::log_runs() {
         log!(
             "session_reaper: {}: deleted {} rows in {} batches in {:.0} ms (run {})",
             run.target.name,
             run.rows,
             run.batches,
             took_ms,
-            &run_id[..8]
+            run_id.as_deref().map_or("", |id| &id[..8])
         );
     }
-    (run_id, took_ms)
+    took_ms
+}
+
+/// Deletes up to 10,000 history rows older than `reaper.history_retention`; returns how many.
+pub fn prune() -> i64 {
+    let query = format!(
+        "DELETE FROM {schema}.reaper_run WHERE run_id IN (
+           SELECT run_id FROM {schema}.reaper_run
+            WHERE started_at < now() - $1::interval LIMIT 10000)",
+        schema = ext_schema()
+    );
+    let retention = settings::history_retention();
+    as_role(ext_owner(), || {
+        Spi::connect_mut(|client| {
+            client
+                .update(query.as_str(), None, &[retention.as_str().into()])
+                .map(|t| t.len() as i64)
+        })
+    })
+    .expect("pruning reaper_run")
 }

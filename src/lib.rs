@@ -8,16 +8,21 @@ use pgrx::prelude::*;
 mod api;
 mod errors;
 mod history;
+mod hooks;
+mod launcher;
 mod predicate;
+mod process;
 mod reap;
 mod registry;
 mod schedule;
 mod security;
 mod settings;
+mod shmem;
 mod sql;
 mod stats;
 mod target;
 mod txn;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -27,9 +32,23 @@ mod tests;
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
+/// Registers the settings, shared memory, hooks and the launcher. session_reaper must be in
+/// shared_preload_libraries: its workers and shared memory exist only then.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "session_reaper must be loaded via shared_preload_libraries",
+            "_PG_init",
+        )
+        .set_hint("Add session_reaper to shared_preload_libraries in postgresql.conf and restart the server.")
+        .report(pgrx::PgLogLevel::ERROR);
+    }
     settings::init();
+    shmem::init();
+    hooks::init();
+    launcher::register();
 }
 
 /// Required by `cargo pgrx test`: settings for the throwaway test cluster.

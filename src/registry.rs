@@ -261,6 +261,7 @@ fn reaper_register(
             enabled: enabled.unwrap_or(true),
         };
         let timezone = validate(&table, &opts).or_raise();
+        crate::hooks::wake_worker_at_commit();
         upsert(&table, &opts, timezone)
     })
 }
@@ -289,6 +290,7 @@ pub fn managed_target(relid: pg_sys::Oid, action: &'static str) -> target::Regis
 fn reaper_unregister(target: pg_sys::Oid) {
     pinned(|| {
         let registered = managed_target(target, "unregister");
+        crate::hooks::wake_worker_at_commit();
         let query = format!("DELETE FROM {}.reaper_target WHERE id = $1", ext_schema());
         as_role(ext_owner(), || {
             Spi::run_with_args(&query, &[registered.id.into()])
@@ -302,6 +304,7 @@ fn reaper_unregister(target: pg_sys::Oid) {
 fn reaper_enable(target: pg_sys::Oid, enabled: bool) {
     pinned(|| {
         let registered = managed_target(target, "enable or disable");
+        crate::hooks::wake_worker_at_commit();
         let query = format!(
             "UPDATE {}.reaper_target SET enabled = $2, updated_at = now() WHERE id = $1",
             ext_schema()

@@ -3,13 +3,56 @@
 //! and years refused so the syntax is the classic five fields a DBA knows from crontab.
 
 use crate::errors::catch_pg_error;
+use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use pgrx::prelude::*;
+use std::time::Duration;
+
+/// When a target runs: a fixed time after its previous run, or at the times of a cron
+/// expression (in UTC).
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Every(Duration),
+    Cron(Box<Cron>),
+}
+
+impl Schedule {
+    /// The schedule of a target: its own (`text`, with `seconds` when it is an interval, as the
+    /// registry query computes it), or `reaper.interval`.
+    pub fn of(text: Option<&str>, seconds: Option<f64>) -> Self {
+        match (text, seconds) {
+            (Some(text), _) if is_cron(text) => match parse_cron(text) {
+                Ok(cron) => Self::Cron(Box::new(cron)),
+                Err(_) => Self::Every(crate::settings::interval()),
+            },
+            (Some(_), Some(seconds)) => Self::Every(Duration::from_secs_f64(seconds.max(1.0))),
+            _ => Self::Every(crate::settings::interval()),
+        }
+    }
+
+    /// The next run after one that started at `last` (Unix seconds); a target that never ran
+    /// is due at once.
+    pub fn next_run(&self, last: Option<f64>, now: f64) -> f64 {
+        let Some(last) = last else { return now };
+        match self {
+            Self::Every(every) => last + every.as_secs_f64(),
+            Self::Cron(cron) => DateTime::<Utc>::from_timestamp(last.floor() as i64, 0)
+                .and_then(|start| cron.find_next_occurrence(&start, false).ok())
+                .map(|next| next.timestamp() as f64)
+                .unwrap_or(f64::INFINITY),
+        }
+    }
+}
+
+/// Five whitespace-separated fields make a cron expression; anything else is read as an interval.
+pub fn is_cron(text: &str) -> bool {
+    text.split_whitespace().count() == 5
+}
 
 /// Checks a schedule, or says why it is not one.
 pub fn validate(text: &str) -> Result<(), String> {
-    if text.split_whitespace().count() == 5 {
+    if is_cron(text) {
         parse_cron(text).map(|_| ())
     } else {
         parse_interval(text).map(|_| ())

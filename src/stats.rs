@@ -5,9 +5,11 @@
 //! estimate for the dead-row condition (no scan), and the oldest dead row found by one probe
 //! in expiry order (an index descent when the column is indexed).
 
+use crate::history::unix_now;
 use crate::security::{as_role, with_settings};
+use crate::shmem::{Slot, WorkerState, SHARED};
 use crate::sql::{ext_owner, ext_schema, pinned};
-use crate::target::{self, Target};
+use crate::target::{self, Registered, Target};
 use crate::txn::in_subtransaction;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -33,13 +35,17 @@ fn reaper_stats() -> TableIterator<
         name!(last_duration, Option<Interval>),
         name!(dead_rows_estimate, Option<i64>),
         name!(oldest_dead_age, Option<Interval>),
+        name!(next_run_at, Option<TimestampWithTimeZone>),
+        name!(worker_pid, Option<i32>),
+        name!(worker_state, String),
+        name!(current_target, Option<pg_sys::Oid>),
     ),
 > {
     let rows = pinned(|| {
-        let targets: HashMap<i64, Target> = target::load(None)
-            .into_iter()
-            .filter_map(|r| r.target.ok().map(|t| (r.id, t)))
-            .collect();
+        let targets: HashMap<i64, Registered> =
+            target::load(None).into_iter().map(|r| (r.id, r)).collect();
+        let worker = worker_slot();
+        let now = unix_now();
         let query = format!(
             "SELECT t.id, t.relid::oid, t.column_name::text, t.enabled, t.schedule, s.last_run_at,
                     s.last_status, s.last_error, s.last_deleted, coalesce(s.total_deleted, 0),
@@ -57,7 +63,14 @@ fn reaper_stats() -> TableIterator<
                 let mut out = Vec::new();
                 for row in client.select(query.as_str(), None, &[caller.into()])? {
                     let id: i64 = row.get(1)?.expect("id");
-                    let (estimate, oldest) = targets.get(&id).map(backlog).unwrap_or((None, None));
+                    let registered = targets.get(&id);
+                    let (estimate, oldest) = registered
+                        .and_then(|r| r.target.as_ref().ok())
+                        .map(backlog)
+                        .unwrap_or((None, None));
+                    let next_run = registered
+                        .filter(|r| r.enabled)
+                        .map(|r| timestamp(r.next_run(now)));
                     out.push((
                         row.get(2)?.expect("relid"),
                         row.get(3)?.expect("column_name"),
@@ -73,6 +86,15 @@ fn reaper_stats() -> TableIterator<
                         row.get(13)?,
                         estimate,
                         oldest,
+                        next_run,
+                        worker.map(|w| w.pid).filter(|pid| *pid != 0),
+                        worker
+                            .map_or(WorkerState::Free, |w| w.state)
+                            .as_str()
+                            .to_string(),
+                        worker
+                            .map(|w| pg_sys::Oid::from(w.current))
+                            .filter(|oid| *oid != pg_sys::InvalidOid),
                     ));
                 }
                 Ok::<_, pgrx::spi::Error>(out)
@@ -116,4 +138,21 @@ fn backlog(t: &Target) -> (Option<i64>, Option<Interval>) {
         })
     })
     .unwrap_or((None, None))
+}
+
+/// This database's worker slot, if it has a worker.
+fn worker_slot() -> Option<Slot> {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    SHARED.share().slot_of(database).copied()
+}
+
+/// A Unix time as a timestamptz.
+fn timestamp(unix_seconds: f64) -> TimestampWithTimeZone {
+    const POSTGRES_EPOCH: f64 = 946_684_800.0;
+    if !unix_seconds.is_finite() {
+        return TimestampWithTimeZone::positive_infinity();
+    }
+    let micros = ((unix_seconds - POSTGRES_EPOCH) * 1e6) as i64;
+    TimestampWithTimeZone::try_from(micros)
+        .unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity())
 }

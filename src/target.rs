@@ -6,6 +6,7 @@
 //! registration shows up as an error of that target instead of a wrong delete.
 
 use crate::errors::ReaperError;
+use crate::schedule::Schedule;
 use crate::security::as_role;
 use crate::sql::{ext_owner, ext_schema, quote_ident, quote_literal};
 use pgrx::prelude::*;
@@ -66,7 +67,17 @@ pub struct Registered {
     pub name: String,
     pub owner: Option<pg_sys::Oid>,
     pub enabled: bool,
+    pub schedule: Schedule,
+    /// When its last run started (Unix seconds), from `reaper_state`.
+    pub last_run: Option<f64>,
     pub target: Result<Target, ReaperError>,
+}
+
+impl Registered {
+    /// When this target is next due (Unix seconds).
+    pub fn next_run(&self, now: f64) -> f64 {
+        self.schedule.next_run(self.last_run, now)
+    }
 }
 
 /// Reads the registry (one table, or all when `relid` is None), joined with the catalog.
@@ -75,15 +86,20 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
         "SELECT t.id, t.relid::oid, t.relid::text, c.relowner, n.nspname::text, c.relname::text,
                 c.relkind::text, t.column_name::text, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod),
                 t.timezone, (t.grace + coalesce(t.ttl, '0'))::text, t.ttl::text, t.predicate,
-                t.batch_size, t.enabled
-           FROM {}.reaper_target t
+                t.batch_size, t.enabled, t.schedule,
+                CASE WHEN t.schedule IS NOT NULL
+                      AND array_length(regexp_split_to_array(btrim(t.schedule), '\\s+'), 1) <> 5
+                     THEN extract(epoch FROM t.schedule::interval)::float8 END,
+                extract(epoch FROM s.last_run_at)::float8
+           FROM {schema}.reaper_target t
+           LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
            LEFT JOIN pg_catalog.pg_class c ON c.oid = t.relid
            LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = t.column_name
                                                AND a.attnum > 0 AND NOT a.attisdropped
           WHERE $1::oid IS NULL OR t.relid = $1::oid
           ORDER BY t.id",
-        ext_schema()
+        schema = ext_schema()
     );
     // Read as the extension's owner: callers filter by their own rights afterwards.
     as_role(ext_owner(), || {
@@ -105,6 +121,9 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
     let name: String = row.get(3)?.expect("regclass prints");
     let owner: Option<pg_sys::Oid> = row.get(4)?;
     let enabled: bool = row.get(16)?.unwrap_or(false);
+    let schedule_text: Option<String> = row.get(17)?;
+    let schedule = Schedule::of(schedule_text.as_deref(), row.get(18)?);
+    let last_run: Option<f64> = row.get(19)?;
     let target = match owner {
         None => Err(ReaperError::TableMissing {
             target: name.clone(),
@@ -145,6 +164,8 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
         name,
         owner,
         enabled,
+        schedule,
+        last_run,
         target,
     })
 }

@@ -31,3 +31,52 @@ pub fn in_subtransaction<R>(
     }
     result
 }
+
+/// Runs `f` in a transaction of its own (the worker's unit of work: one batch, one history
+/// write): committed when it succeeds, aborted when it raises an ERROR, whose SQLSTATE and
+/// message are returned. `now()` inside is the time the transaction started.
+pub fn in_transaction<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe,
+) -> Result<R, (PgSqlErrorCode, String)> {
+    // SAFETY: called from the worker's main loop, outside any transaction.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = catch_pg_error(f);
+    unsafe {
+        if result.is_ok() {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        } else {
+            pg_sys::AbortCurrentTransaction();
+        }
+    }
+    result
+}
+
+/// Postgres' timeout id for statement_timeout (timeout.h, stable since 9.3); the bindings do
+/// not include timeout.h.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
+
+extern "C-unwind" {
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
+}
+
+/// Runs `f` with a statement timeout armed, as a client backend does for each statement (a
+/// background worker's SPI calls get none otherwise). Expiry cancels `f` with SQLSTATE 57014.
+pub fn with_statement_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() -> R) -> R {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_int;
+    // SAFETY: the statement timeout is registered by InitPostgres for every connected backend.
+    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, ms) };
+    struct Disarm;
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
+        }
+    }
+    let _disarm = Disarm;
+    f()
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# batch_strategies.sh — how should one reap batch be written? Measures, on one throwaway
+# cluster and the same data, one big DELETE against three batch loops (a commit per batch),
+# and prints rows/s, WAL and the longest transaction, each relative to the single DELETE.
+#
+#   bash bench/batch_strategies.sh [ROWS]      # default 2,000,000 rows, half expired
+#
+# The table is the one MEASUREMENTS.md describes: sessions(id, user_id, token, data jsonb,
+# created_at, expires_at), ~256 bytes a row, indexed on expires_at and user_id, in cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-2000000}
+source scripts/cluster.sh
+cluster_start "${BENCH_DIR:-/tmp/session_reaper_bench}" "${BENCH_PORT:-54340}" \
+  "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off"
+trap cluster_stop EXIT
+
+cluster_psql -q <<'SQL'
+CREATE EXTENSION session_reaper;
+CREATE TABLE results (strategy text, rows bigint, batches int, seconds float8, wal_bytes numeric, longest_ms float8);
+-- run_batches executes one batch statement until it deletes fewer rows than a full batch,
+-- committing after each, and records rows, batches and the longest batch.
+CREATE PROCEDURE run_batches(strategy text, stmt text, batch int) LANGUAGE plpgsql AS $$
+DECLARE n bigint; total bigint := 0; batches int := 0; t0 timestamptz; longest float8 := 0;
+        started timestamptz := clock_timestamp(); lsn pg_lsn := pg_current_wal_insert_lsn();
+BEGIN
+  LOOP
+    t0 := clock_timestamp();
+    EXECUTE stmt;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    COMMIT;
+    longest := greatest(longest, extract(epoch FROM clock_timestamp() - t0) * 1000);
+    total := total + n; batches := batches + 1;
+    EXIT WHEN n < batch;
+  END LOOP;
+  INSERT INTO results VALUES (strategy, total, batches, extract(epoch FROM clock_timestamp() - started),
+                              pg_current_wal_insert_lsn() - lsn, longest);
+END $$;
+SQL
+
+fill() {
+  cluster_psql -q <<SQL
+DROP TABLE IF EXISTS sessions;
+CREATE TABLE sessions (id bigserial PRIMARY KEY, user_id bigint NOT NULL, token text NOT NULL,
+                       data jsonb NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
+INSERT INTO sessions (user_id, token, data, created_at, expires_at)
+SELECT g % 50000, md5(g::text) || md5((g * 7)::text),
+       jsonb_build_object('ua', repeat('x', 60), 'ip', '10.0.0.1', 'n', g),
+       now() - interval '2 days',
+       CASE WHEN g % 2 = 0 THEN now() - (g % 86400) * interval '1 second'
+            ELSE now() + interval '1 hour' + (g % 86400) * interval '1 second' END
+  FROM generate_series(1, $ROWS) g;
+CREATE INDEX ON sessions (expires_at);
+CREATE INDEX ON sessions (user_id);
+VACUUM ANALYZE sessions;
+SELECT count(*) FROM sessions;  -- warm the cache
+CHECKPOINT;
+SQL
+}
+
+single="DELETE FROM sessions WHERE expires_at < now()"
+skip_locked="DELETE FROM sessions WHERE ctid = ANY (ARRAY(SELECT ctid FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED))"
+pk_cte="WITH b AS (SELECT id FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED) DELETE FROM sessions s USING b WHERE s.id = b.id"
+
+for strategy in single skip_locked pk_cte reaper; do
+  fill
+  case $strategy in
+    single) stmt=$single; batch=2147483647 ;;
+    skip_locked) stmt=$skip_locked; batch=10000 ;;
+    pk_cte) stmt=$pk_cte; batch=10000 ;;
+    reaper)
+      # The statement session_reaper itself runs, as its dry run shows it.
+      cluster_psql -qAt -c "SELECT reaper_register('sessions', batch_size => 10000)" >/dev/null
+      stmt=$(cluster_psql -qAt -c "SELECT statement FROM reaper_dry_run('sessions')")
+      batch=10000 ;;
+  esac
+  cluster_psql -q -c "CALL run_batches('$strategy', \$stmt\$$stmt\$stmt\$, $batch)"
+  left=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now() - interval '1 minute'")
+  [ "$left" -eq 0 ] || { echo "$strategy left $left expired rows" >&2; exit 1; }
+done
+
+echo
+echo "Batch strategies on $ROWS rows ($((ROWS / 2)) expired), PostgreSQL 15, cached:"
+cluster_psql -P footer=off <<'SQL'
+SELECT r.strategy, r.rows, r.batches, round((r.rows / r.seconds)::numeric) AS rows_per_s,
+       round(((r.rows / r.seconds) / (s.rows / s.seconds))::numeric, 2) AS rows_per_s_vs_delete,
+       pg_size_pretty(r.wal_bytes) AS wal, round(r.wal_bytes / s.wal_bytes, 2) AS wal_vs_delete,
+       round(r.longest_ms::numeric, 1) AS longest_txn_ms
+  FROM results r, results s WHERE s.strategy = 'single' ORDER BY r.strategy <> 'single', r.strategy;
+SQL

@@ -1,0 +1,137 @@
+//! hooks.rs — how ordinary backends tell the reaper's processes about changes, at the moment
+//! they commit:
+//! - CREATE EXTENSION session_reaper: the launcher looks for workers to start;
+//! - DROP EXTENSION, and reaper_register/unregister/enable/wake: the database's worker wakes
+//!   up (and leaves, when the extension is gone);
+//! - DROP DATABASE: the database's worker is stopped first, so the drop does not fail with
+//!   "database is being accessed by other users".
+//!
+//! Requests are kept in backend-local flags and acted on by a transaction callback at commit
+//! (a worker woken before the commit would see the old state); an abort drops them.
+
+use crate::shmem::{self, SHARED};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+const WAKE_WORKER: u8 = 1;
+const RESCAN: u8 = 2;
+
+/// What this backend will tell the reaper when its transaction commits.
+static PENDING: AtomicU8 = AtomicU8::new(0);
+
+/// How long DROP DATABASE waits for the database's worker to leave.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installs the hooks; called from `_PG_init` in every backend.
+pub fn init() {
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+        pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+    }
+}
+
+/// Asks for this database's worker to wake when the current transaction commits.
+pub fn wake_worker_at_commit() {
+    PENDING.fetch_or(WAKE_WORKER, Ordering::Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            let pending = PENDING.swap(0, Ordering::Relaxed);
+            let database = pg_sys::MyDatabaseId.to_u32();
+            if pending & RESCAN != 0 {
+                shmem::request_rescan(database);
+            }
+            if pending & WAKE_WORKER != 0 {
+                shmem::wake_worker(database);
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT => PENDING.store(0, Ordering::Relaxed),
+        _ => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_guard]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    let stmt = (*pstmt).utilityStmt;
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
+        stop_worker_of((*(stmt as *mut pg_sys::DropdbStmt)).dbname);
+    } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt) {
+        let name = CStr::from_ptr((*(stmt as *mut pg_sys::CreateExtensionStmt)).extname);
+        if name.to_bytes() == b"session_reaper" {
+            PENDING.fetch_or(RESCAN, Ordering::Relaxed);
+        }
+    } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt)
+        && (*(stmt as *mut pg_sys::DropStmt)).removeType == pg_sys::ObjectType::OBJECT_EXTENSION
+    {
+        wake_worker_at_commit();
+    }
+    match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(
+            pstmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+        None => pg_sys::standard_ProcessUtility(
+            pstmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+    }
+}
+
+/// Stops the worker of the database about to be dropped and waits (briefly) until it is gone.
+unsafe fn stop_worker_of(dbname: *const std::ffi::c_char) {
+    let database = pg_sys::get_database_oid(dbname, true);
+    if database == pg_sys::InvalidOid {
+        return;
+    }
+    let pid = SHARED
+        .share()
+        .slot_of(database.to_u32())
+        .map_or(0, |slot| slot.pid);
+    if pid == 0 {
+        return;
+    }
+    libc::kill(pid, libc::SIGTERM);
+    let started = Instant::now();
+    while started.elapsed() < STOP_WAIT
+        && SHARED
+            .share()
+            .slot_of(database.to_u32())
+            .is_some_and(|slot| slot.pid == pid)
+    {
+        pg_sys::pg_usleep(10_000);
+        pgrx::check_for_interrupts!();
+    }
+}

@@ -1,0 +1,54 @@
+//! process.rs — what the launcher and the database workers do alike as background processes:
+//! Postgres' own signal handlers, sleeping on the latch, reloading settings.
+
+use pgrx::prelude::*;
+use std::time::Duration;
+
+mod raw {
+    // The C handlers themselves: pgrx's pg_sys wrappers are Rust functions, and a signal
+    // handler must be the plain C symbol.
+    extern "C-unwind" {
+        pub fn SignalHandlerForConfigReload(signal: std::ffi::c_int);
+        pub fn die(signal: std::ffi::c_int);
+    }
+}
+
+/// SIGHUP marks the settings for reloading; SIGTERM is `die`: the statement in flight is
+/// cancelled, its transaction rolled back, and the process exits at the next interrupt check.
+pub fn handle_signals() {
+    // SAFETY: installing Postgres' standard handlers before unblocking signals.
+    unsafe {
+        pg_sys::pqsignal(libc::SIGHUP, Some(raw::SignalHandlerForConfigReload));
+        pg_sys::pqsignal(libc::SIGTERM, Some(raw::die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
+/// Sleeps until `timeout` passes or the latch is set, then handles interrupts (a SIGTERM ends
+/// the process here) and reloads settings after a SIGHUP.
+pub fn sleep(timeout: Duration) {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
+    // SAFETY: waiting on this process's own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+    reload_settings_if_asked();
+}
+
+/// Re-reads postgresql.conf when a SIGHUP asked for it (`pg_reload_conf()`).
+pub fn reload_settings_if_asked() {
+    // SAFETY: ConfigReloadPending is set by the signal handler and read here only.
+    unsafe {
+        if pg_sys::ConfigReloadPending != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! worker.rs — the reaper of one database: a background worker that sleeps on its latch until
+//! a target is due, then reaps the due targets round-robin, a transaction per batch.
+//!
+//! Signals are Postgres' own: SIGHUP sets ConfigReloadPending (settings are re-read at the top
+//! of the loop), SIGTERM is `die`, so a batch in flight is cancelled and rolled back and the
+//! worker exits at the next interrupt check. `pg_cancel_backend` cancels the current batch only.
+//! The launcher starts this worker (launcher.rs) and never lets the postmaster restart it: a
+//! worker whose database lost the extension or was dropped simply stays gone.
+
+use crate::history::{self, Run, Status};
+use crate::process::{reload_settings_if_asked, sleep};
+use crate::reap;
+use crate::security::as_role;
+use crate::settings;
+use crate::shmem::{WorkerState, SHARED};
+use crate::sql::pinned;
+use crate::target::{self, Registered, Target};
+use crate::txn::{in_transaction, with_statement_timeout};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Batches one target may run before the next due target gets its turn.
+const TURN_BATCHES: u32 = 10;
+/// How often the worker deletes history older than `reaper.history_retention`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Longest sleep without looking at the registry (changes also wake the worker at once).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Entry point of a database worker; its argument is the database's OID.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn session_reaper_worker_main(arg: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    // SAFETY: standard background worker start-up, before any other work.
+    unsafe {
+        crate::process::handle_signals();
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(database, pg_sys::InvalidOid, 0);
+        pg_sys::pgstat_report_appname(c"session_reaper worker".as_ptr());
+    }
+    if !claim_slot(database.to_u32()) {
+        return; // another worker already serves this database
+    }
+    unsafe {
+        pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(database.to_u32()))
+    };
+    Worker { last_prune: None }.run();
+}
+
+/// Takes this database's slot; false when a live worker already holds it.
+fn claim_slot(database: u32) -> bool {
+    let me = unsafe { pg_sys::MyProcPid };
+    let mut shared = SHARED.exclusive();
+    if let Some(slot) = shared.slot_of_mut(database) {
+        if slot.pid != 0 && slot.pid != me && unsafe { libc::kill(slot.pid, 0) } == 0 {
+            return false;
+        }
+        slot.pid = me;
+        slot.state = WorkerState::Idle;
+        return true;
+    }
+    match shared
+        .slots
+        .iter_mut()
+        .find(|s| s.state == WorkerState::Free)
+    {
+        Some(slot) => {
+            slot.database = database;
+            slot.pid = me;
+            slot.state = WorkerState::Idle;
+            true
+        }
+        None => false,
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
+    let database = arg.value() as u32;
+    let me = pg_sys::MyProcPid;
+    let launcher = {
+        let mut shared = SHARED.exclusive();
+        let Some(slot) = shared.slot_of_mut(database).filter(|slot| slot.pid == me) else {
+            return;
+        };
+        // A worker that left for lack of the extension keeps its slot as a marker, so the
+        // launcher does not start it again until CREATE EXTENSION asks it to.
+        if slot.state == WorkerState::NoExtension {
+            slot.pid = 0;
+            return;
+        }
+        // Gone for another reason (SIGTERM, an error): the launcher starts it again.
+        *slot = Default::default();
+        shared.rescan = true;
+        shared.launcher_pid
+    };
+    crate::shmem::wake_pid(launcher);
+}
+
+fn set_state(state: WorkerState, current: pg_sys::Oid) {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
+        slot.state = state;
+        slot.current = current.to_u32();
+    }
+}
+
+/// Takes the wake-up request reaper_wake() or a registry change left for this worker.
+fn take_wake_request() -> bool {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    SHARED
+        .exclusive()
+        .slot_of_mut(database)
+        .is_some_and(|slot| std::mem::take(&mut slot.wake))
+}
+
+/// What one look at the registry found.
+enum Look {
+    NoExtension,
+    Due(Vec<Registered>, Duration),
+}
+
+/// The running total of one target's run within a wake.
+struct Running {
+    target: Registered,
+    started_at: f64,
+    started: Instant,
+    rows: i64,
+    batches: i32,
+}
+
+/// How a target's turn ended.
+enum TurnEnd {
+    Done,
+    MoreWork,
+    OutOfTime,
+    Skipped,
+    Failed(PgSqlErrorCode, String),
+}
+
+struct Worker {
+    last_prune: Option<Instant>,
+}
+
+impl Worker {
+    fn run(&mut self) -> ! {
+        loop {
+            pgrx::check_for_interrupts!();
+            reload_settings_if_asked();
+            let woken = take_wake_request();
+            let look = in_transaction(|| pinned(|| look(woken)));
+            let pause = match look {
+                Ok(Look::NoExtension) => {
+                    set_state(WorkerState::NoExtension, pg_sys::InvalidOid);
+                    unsafe { pg_sys::proc_exit(0) }
+                }
+                Ok(Look::Due(due, pause)) => {
+                    self.reap_round_robin(due);
+                    self.prune_history();
+                    if woken {
+                        Duration::ZERO
+                    } else {
+                        pause
+                    }
+                }
+                Err((code, message)) => {
+                    warn(
+                        code,
+                        &format!("session_reaper: reading the registry: {message}"),
+                    );
+                    MAX_SLEEP
+                }
+            };
+            set_state(WorkerState::Idle, pg_sys::InvalidOid);
+            if !pause.is_zero() {
+                sleep(pause);
+            }
+        }
+    }
+
+    /// Gives each due target a turn of at most TURN_BATCHES batches, round-robin, until every
+    /// one is done or out of its `reaper.max_runtime`: a large backlog never starves a small
+    /// table.
+    fn reap_round_robin(&mut self, due: Vec<Registered>) {
+        let mut queue: VecDeque<Running> = due
+            .into_iter()
+            .map(|target| Running {
+                target,
+                started_at: history::unix_now(),
+                started: Instant::now(),
+                rows: 0,
+                batches: 0,
+            })
+            .collect();
+        while let Some(mut running) = queue.pop_front() {
+            let end = match &running.target.target {
+                Err(e) => TurnEnd::Failed(e.sqlstate(), e.message()),
+                Ok(t) => {
+                    let t = t.clone();
+                    self.turn(&t, &mut running)
+                }
+            };
+            match end {
+                TurnEnd::MoreWork => queue.push_back(running),
+                end => finish(running, end),
+            }
+        }
+    }
+
+    /// Runs up to TURN_BATCHES batches of one target, pausing `reaper.batch_delay` (and for
+    /// `reaper.max_rows_per_second`) after each.
+    fn turn(&mut self, t: &Target, running: &mut Running) -> TurnEnd {
+        for _ in 0..TURN_BATCHES {
+            if running.started.elapsed() >= settings::max_runtime() {
+                return TurnEnd::OutOfTime;
+            }
+            wait_for_replicas(running.started);
+            set_state(WorkerState::Reaping, t.relid);
+            let limit = t.batch_size();
+            let batch_started = Instant::now();
+            let batch = in_transaction(|| {
+                pinned(|| {
+                    with_statement_timeout(settings::statement_timeout(), || {
+                        reap::try_lock(t).then(|| reap::delete_batch(t, limit))
+                    })
+                })
+            });
+            let deleted = match batch {
+                Ok(Some(deleted)) => deleted,
+                Ok(None) => return TurnEnd::Skipped,
+                Err((code, message)) => return TurnEnd::Failed(code, message),
+            };
+            running.rows += deleted;
+            running.batches += 1;
+            throttle(deleted, batch_started.elapsed());
+            if deleted < limit {
+                return TurnEnd::Done;
+            }
+        }
+        TurnEnd::MoreWork
+    }
+
+    /// Deletes history older than `reaper.history_retention`, in batches, once an hour.
+    fn prune_history(&mut self) {
+        if self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        loop {
+            match in_transaction(|| pinned(history::prune)) {
+                Ok(pruned) if pruned > 0 => continue,
+                Ok(_) => return,
+                Err((code, message)) => {
+                    warn(code, &format!("session_reaper: pruning history: {message}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the registry: the due targets and how long until the next one is due.
+fn look(woken: bool) -> Look {
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'session_reaper')",
+    )
+    .expect("reading pg_extension")
+    .unwrap_or(false);
+    if !installed {
+        return Look::NoExtension;
+    }
+    if !settings::enabled() {
+        return Look::Due(Vec::new(), MAX_SLEEP);
+    }
+    let now = history::unix_now();
+    let (due, later): (Vec<_>, Vec<_>) = target::load(None)
+        .into_iter()
+        .filter(|r| r.enabled)
+        .partition(|r| woken || r.next_run(now) <= now);
+    let next = later
+        .iter()
+        .map(|r| r.next_run(now))
+        .fold(f64::INFINITY, f64::min);
+    let pause = Duration::from_secs_f64((next - now).clamp(0.0, MAX_SLEEP.as_secs_f64()));
+    Look::Due(due, pause)
+}
+
+/// Records a finished run, logs it, and ANALYZEs the table after a large share went.
+fn finish(running: Running, end: TurnEnd) {
+    let (status, error) = match end {
+        TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork => (Status::Ok, None),
+        TurnEnd::Skipped => (
+            Status::Skipped,
+            Some("another reap of this table is running".to_string()),
+        ),
+        TurnEnd::Failed(code, message) => {
+            warn(
+                code,
+                &format!("session_reaper: {}: {message}", running.target.name),
+            );
+            (reap::failure_status(code), Some(message))
+        }
+    };
+    let run = Run {
+        target: &running.target,
+        trigger: "worker",
+        started_at: running.started_at,
+        rows: running.rows,
+        batches: running.batches,
+        status,
+        error,
+    };
+    if let Err((code, message)) = in_transaction(|| pinned(|| history::record(&run))) {
+        warn(
+            code,
+            &format!(
+                "session_reaper: {}: recording the run: {message}",
+                running.target.name
+            ),
+        );
+    }
+    if let (Ok(t), Some(share)) = (&running.target.target, settings::analyze_after()) {
+        if running.rows > 0 {
+            let analyzed = in_transaction(|| pinned(|| analyze_if_large(t, running.rows, share)));
+            if let Err((code, message)) = analyzed {
+                warn(
+                    code,
+                    &format!("session_reaper: {}: ANALYZE: {message}", t.name),
+                );
+            }
+        }
+    }
+}
+
+/// ANALYZEs the table, as its owner, when `rows` is at least `share` of what it held.
+fn analyze_if_large(t: &Target, rows: i64, share: f64) {
+    let before = Spi::get_one_with_args::<f32>(
+        "SELECT reltuples FROM pg_class WHERE oid = $1",
+        &[t.relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0.0);
+    if before > 0.0 && rows as f64 >= share * f64::from(before) {
+        let statement = format!("ANALYZE {}", t.qualified());
+        as_role(t.owner, || Spi::run(&statement)).expect("ANALYZE");
+    }
+}
+
+/// Pauses after a batch: at least `reaper.batch_delay`, longer when `reaper.max_rows_per_second`
+/// asks for it.
+fn throttle(deleted: i64, took: Duration) {
+    let mut pause = settings::batch_delay();
+    if let Some(rate) = settings::max_rows_per_second() {
+        let needed = Duration::from_secs_f64(deleted as f64 / rate);
+        pause = pause.max(needed.saturating_sub(took));
+    }
+    if !pause.is_zero() {
+        sleep(pause);
+    }
+}
+
+/// Waits while a streaming replica lags more than `reaper.max_replica_lag`, checking each
+/// second, for at most the target's remaining runtime.
+fn wait_for_replicas(run_started: Instant) {
+    let Some(max_lag) = settings::max_replica_lag() else {
+        return;
+    };
+    while run_started.elapsed() < settings::max_runtime() {
+        let lag = in_transaction(|| {
+            Spi::get_one::<f64>(
+                "SELECT coalesce(max(extract(epoch FROM pg_catalog.greatest(write_lag, flush_lag, replay_lag))), 0)::float8
+                   FROM pg_catalog.pg_stat_replication",
+            )
+        });
+        let lag = match lag {
+            Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.0)),
+            _ => return,
+        };
+        if lag <= max_lag {
+            return;
+        }
+        set_state(WorkerState::PausedForReplica, pg_sys::InvalidOid);
+        sleep(Duration::from_secs(1));
+    }
+}
+
+/// Logs a WARNING that carries the SQLSTATE in its text as well as in its error code.
+fn warn(code: PgSqlErrorCode, message: &str) {
+    ErrorReport::new(
+        code,
+        format!("{message} (SQLSTATE {})", sqlstate(code)),
+        "session_reaper worker",
+    )
+    .report(PgLogLevel::WARNING);
+}
+
+/// The five-character SQLSTATE of an error code (Postgres packs it six bits a character).
+pub fn sqlstate(code: PgSqlErrorCode) -> String {
+    let packed = code as i32;
+    (0..5)
+        .map(|i| char::from(b'0' + ((packed >> (6 * i)) & 0x3F) as u8))
+        .collect()
+}
