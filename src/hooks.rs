@@ -9,7 +9,7 @@
 //! Requests are kept in backend-local flags and acted on by a transaction callback at commit
 //! (a worker woken before the commit would see the old state); an abort drops them.
 
-use crate::shmem::{self, SHARED};
+use crate::shmem::{self, Slot, WorkerState, SHARED};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -50,7 +50,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
             let pending = PENDING.swap(0, Ordering::Relaxed);
             let database = pg_sys::MyDatabaseId.to_u32();
             if pending & RESCAN != 0 {
-                shmem::request_rescan(database);
+                shmem::request_rescan();
             }
             if pending & WAKE_WORKER != 0 {
                 shmem::wake_worker(database);
@@ -116,10 +116,7 @@ unsafe fn stop_worker_of(dbname: *const std::ffi::c_char) {
     if database == pg_sys::InvalidOid {
         return;
     }
-    let pid = SHARED
-        .share()
-        .slot_of(database.to_u32())
-        .map_or(0, |slot| slot.pid);
+    let pid = mark_dropping(database.to_u32());
     if pid == 0 {
         return;
     }
@@ -134,4 +131,30 @@ unsafe fn stop_worker_of(dbname: *const std::ffi::c_char) {
         pg_sys::pg_usleep(10_000);
         pgrx::check_for_interrupts!();
     }
+}
+
+/// Marks the database as being dropped, so the launcher starts no worker there meanwhile;
+/// returns the pid of its running worker, or 0.
+fn mark_dropping(database: u32) -> i32 {
+    let since = crate::history::unix_now() as u64;
+    let dropping = Slot {
+        database,
+        state: WorkerState::Dropping,
+        since,
+        ..Default::default()
+    };
+    let mut shared = SHARED.exclusive();
+    if let Some(slot) = shared.slot_of_mut(database) {
+        let pid = slot.pid;
+        *slot = Slot { pid, ..dropping };
+        return pid;
+    }
+    if let Some(slot) = shared
+        .slots
+        .iter_mut()
+        .find(|s| s.state == WorkerState::Free)
+    {
+        *slot = dropping;
+    }
+    0
 }

@@ -8,7 +8,7 @@
 //! are picked up by a periodic rescan.
 
 use crate::settings;
-use crate::shmem::{WorkerState, MAX_WORKERS, SHARED};
+use crate::shmem::{Slot, WorkerState, DROPPING_HOLD_SECS, MAX_WORKERS, SHARED};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashSet;
@@ -76,7 +76,9 @@ fn start_missing_workers(starting: &mut Vec<(u32, Instant)>, warned: &mut HashSe
                 && starting
                     .iter()
                     .any(|(db, at)| *db == slot.database && at.elapsed() > START_TIMEOUT);
-            if slot.pid == 0 && (!present.contains(&slot.database) || stale_start) {
+            let drop_over = slot.state == WorkerState::Dropping
+                && crate::history::unix_now() as u64 > slot.since + DROPPING_HOLD_SECS;
+            if slot.pid == 0 && (!present.contains(&slot.database) || stale_start || drop_over) {
                 *slot = Default::default();
             }
         }
@@ -111,8 +113,20 @@ fn start_missing_workers(starting: &mut Vec<(u32, Instant)>, warned: &mut HashSe
 /// starting, or marked as lacking the extension) or no slot is free.
 fn reserve_slot(database: u32) -> bool {
     let mut shared = SHARED.exclusive();
-    if shared.slot_of(database).is_some() {
-        return false;
+    let generation = shared.generation;
+    if let Some(slot) = shared.slot_of_mut(database) {
+        // Only a worker that found no extension, and may have looked before a CREATE
+        // EXTENSION committed, is started again.
+        let looked_too_early =
+            slot.state == WorkerState::NoExtension && slot.generation < generation;
+        if looked_too_early {
+            *slot = Slot {
+                database,
+                state: WorkerState::Starting,
+                ..Default::default()
+            };
+        }
+        return looked_too_early;
     }
     match shared
         .slots

@@ -9,6 +9,9 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 /// More databases with the extension than this get no worker (and a WARNING saying so).
 pub const MAX_WORKERS: usize = 128;
 
+/// How long a DROP DATABASE keeps the launcher from starting a worker in that database.
+pub const DROPPING_HOLD_SECS: u64 = 60;
+
 /// What a database worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WorkerState {
@@ -21,6 +24,9 @@ pub enum WorkerState {
     PausedForReplica,
     /// The database has no session_reaper: the worker left; started again on CREATE EXTENSION.
     NoExtension,
+    /// DROP DATABASE is under way: no worker may start there (until DROPPING_HOLD has passed,
+    /// in case the drop failed).
+    Dropping,
 }
 
 impl WorkerState {
@@ -32,6 +38,7 @@ impl WorkerState {
             Self::Reaping => "reaping",
             Self::PausedForReplica => "paused for replica lag",
             Self::NoExtension => "no extension",
+            Self::Dropping => "database being dropped",
         }
     }
 }
@@ -45,6 +52,10 @@ pub struct Slot {
     pub current: u32,
     /// Set by reaper_wake() and by registry changes; the worker runs every target at once.
     pub wake: bool,
+    /// For a NoExtension slot: the extension generation its worker looked at.
+    pub generation: u64,
+    /// For a Dropping slot: when the drop began (Unix seconds).
+    pub since: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +63,10 @@ pub struct Shared {
     pub launcher_pid: i32,
     /// Set when a database may have gained the extension: the launcher looks again.
     pub rescan: bool,
+    /// Counts commits of CREATE EXTENSION session_reaper. A worker that found no extension
+    /// records the count it saw before looking; a higher count means it may have looked too
+    /// early, and the launcher starts it again.
+    pub generation: u64,
     pub slots: [Slot; MAX_WORKERS],
 }
 
@@ -60,6 +75,7 @@ impl Default for Shared {
         Shared {
             launcher_pid: 0,
             rescan: true,
+            generation: 0,
             slots: [Slot::default(); MAX_WORKERS],
         }
     }
@@ -118,16 +134,13 @@ pub fn wake_worker(database: u32) -> bool {
     pid != 0
 }
 
-/// Asks the launcher to look for databases with the extension again.
-pub fn request_rescan(database: u32) {
+/// Asks the launcher to look for databases with the extension again (after a commit of
+/// CREATE EXTENSION session_reaper).
+pub fn request_rescan() {
     let pid = {
         let mut shared = SHARED.exclusive();
         shared.rescan = true;
-        if let Some(slot) = shared.slot_of_mut(database) {
-            if slot.state == WorkerState::NoExtension {
-                *slot = Slot::default();
-            }
-        }
+        shared.generation += 1;
         shared.launcher_pid
     };
     wake_pid(pid);

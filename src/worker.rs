@@ -54,7 +54,8 @@ fn claim_slot(database: u32) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     let mut shared = SHARED.exclusive();
     if let Some(slot) = shared.slot_of_mut(database) {
-        if slot.pid != 0 && slot.pid != me && unsafe { libc::kill(slot.pid, 0) } == 0 {
+        let taken = slot.pid != 0 && slot.pid != me && unsafe { libc::kill(slot.pid, 0) } == 0;
+        if taken || slot.state == WorkerState::Dropping {
             return false;
         }
         slot.pid = me;
@@ -85,9 +86,9 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
         let Some(slot) = shared.slot_of_mut(database).filter(|slot| slot.pid == me) else {
             return;
         };
-        // A worker that left for lack of the extension keeps its slot as a marker, so the
-        // launcher does not start it again until CREATE EXTENSION asks it to.
-        if slot.state == WorkerState::NoExtension {
+        // A worker that left for lack of the extension, or because its database is being
+        // dropped, keeps its slot as a marker, so the launcher does not start it again.
+        if matches!(slot.state, WorkerState::NoExtension | WorkerState::Dropping) {
             slot.pid = 0;
             return;
         }
@@ -99,11 +100,24 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     crate::shmem::wake_pid(launcher);
 }
 
+/// Marks this database as lacking the extension (as of `generation`) and exits; the launcher
+/// starts the worker again after the next CREATE EXTENSION.
+fn leave_for_lack_of_extension(generation: u64) -> ! {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
+        slot.state = WorkerState::NoExtension;
+        slot.generation = generation;
+    }
+    unsafe { pg_sys::proc_exit(0) }
+}
+
 fn set_state(state: WorkerState, current: pg_sys::Oid) {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
-        slot.state = state;
-        slot.current = current.to_u32();
+        if slot.state != WorkerState::Dropping {
+            slot.state = state;
+            slot.current = current.to_u32();
+        }
     }
 }
 
@@ -150,19 +164,20 @@ impl Worker {
             pgrx::check_for_interrupts!();
             reload_settings_if_asked();
             let woken = take_wake_request();
+            let generation = SHARED.share().generation;
             let look = in_transaction(|| pinned(|| look(woken)));
             let pause = match look {
-                Ok(Look::NoExtension) => {
-                    set_state(WorkerState::NoExtension, pg_sys::InvalidOid);
-                    unsafe { pg_sys::proc_exit(0) }
-                }
+                Ok(Look::NoExtension) => leave_for_lack_of_extension(generation),
                 Ok(Look::Due(due, pause)) => {
-                    self.reap_round_robin(due);
+                    let ran = !due.is_empty();
+                    let recorded = self.reap_round_robin(due);
                     self.prune_history();
-                    if woken {
-                        Duration::ZERO
-                    } else {
-                        pause
+                    match (ran, recorded) {
+                        // Look again at once: the runs just recorded set each target's next run.
+                        (true, true) => Duration::ZERO,
+                        // A run could not be recorded, so it would look due again: back off.
+                        (true, false) => Duration::from_secs(10),
+                        (false, _) => pause,
                     }
                 }
                 Err((code, message)) => {
@@ -183,7 +198,9 @@ impl Worker {
     /// Gives each due target a turn of at most TURN_BATCHES batches, round-robin, until every
     /// one is done or out of its `reaper.max_runtime`: a large backlog never starves a small
     /// table.
-    fn reap_round_robin(&mut self, due: Vec<Registered>) {
+    /// Returns false when a run could not be recorded.
+    fn reap_round_robin(&mut self, due: Vec<Registered>) -> bool {
+        let mut recorded = true;
         let mut queue: VecDeque<Running> = due
             .into_iter()
             .map(|target| Running {
@@ -204,9 +221,10 @@ impl Worker {
             };
             match end {
                 TurnEnd::MoreWork => queue.push_back(running),
-                end => finish(running, end),
+                end => recorded &= finish(running, end),
             }
         }
+        recorded
     }
 
     /// Runs up to TURN_BATCHES batches of one target, pausing `reaper.batch_delay` (and for
@@ -288,7 +306,7 @@ fn look(woken: bool) -> Look {
 }
 
 /// Records a finished run, logs it, and ANALYZEs the table after a large share went.
-fn finish(running: Running, end: TurnEnd) {
+fn finish(running: Running, end: TurnEnd) -> bool {
     let (status, error) = match end {
         TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork => (Status::Ok, None),
         TurnEnd::Skipped => (
@@ -312,9 +330,10 @@ fn finish(running: Running, end: TurnEnd) {
         status,
         error,
     };
-    if let Err((code, message)) = in_transaction(|| pinned(|| history::record(&run))) {
+    let recorded = in_transaction(|| pinned(|| history::record(&run)));
+    if let Err((code, message)) = &recorded {
         warn(
-            code,
+            *code,
             &format!(
                 "session_reaper: {}: recording the run: {message}",
                 running.target.name
@@ -332,6 +351,7 @@ fn finish(running: Running, end: TurnEnd) {
             }
         }
     }
+    recorded.is_ok()
 }
 
 /// ANALYZEs the table, as its owner, when `rows` is at least `share` of what it held.

@@ -1,0 +1,166 @@
+//! A throwaway Postgres 15 cluster with session_reaper preloaded, driven from tests the way a
+//! DBA drives one: initdb and pg_ctl as the `postgres` user, postgresql.conf lines, clients over
+//! the unix socket, signals to processes, the server log.
+//!
+//! Every wait is a bounded poll ([`wait_until`]) that fails with a message saying what did not
+//! happen.
+
+use postgres::{Client, Config, NoTls};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Runs a Postgres program as the cluster's owner (`postgres` when we are root).
+fn as_owner(program: &str, args: &[&str]) -> std::process::Output {
+    let path = format!("{PG_BIN}/{program}");
+    let output = if is_root() {
+        Command::new("sudo").args(["-u", "postgres", "--", &path]).args(args).output()
+    } else {
+        Command::new(&path).args(args).output()
+    };
+    output.unwrap_or_else(|e| panic!("running {program}: {e}"))
+}
+
+impl Cluster {
+    /// initdb, the given postgresql.conf lines, and start. Each test gets its own port and
+    /// directory, so tests may run in parallel.
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let base = 56000 + (std::process::id() % 500) as u16 * 8;
+        let port = base + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/session_reaper_harness/{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create cluster dir");
+        if is_root() {
+            let _ = Command::new("chmod").args(["755", "/tmp/session_reaper_harness"]).status();
+            Command::new("chown").args(["postgres:", dir.to_str().unwrap()]).status().expect("chown");
+        }
+        let data = dir.join("data");
+        let out = as_owner("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"]);
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut lines = vec![
+            format!("port = {port}"),
+            "listen_addresses = ''".to_string(),
+            format!("unix_socket_directories = '{}'", dir.display()),
+            "shared_preload_libraries = 'session_reaper'".to_string(),
+            "fsync = off".to_string(),
+            "log_line_prefix = '%m [%p] %e '".to_string(),
+        ];
+        lines.extend(conf.iter().map(|l| l.to_string()));
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        text.push_str(&lines.join("\n"));
+        text.push('\n');
+        let tmp = dir.join("postgresql.conf.new");
+        std::fs::write(&tmp, text).expect("write conf");
+        Command::new("cp").args([tmp.to_str().unwrap(), conf_path.to_str().unwrap()]).status().expect("cp conf");
+        let cluster = Cluster { dir, port };
+        cluster.pg_ctl(&["start", "-w"]);
+        cluster
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        let mut all = vec!["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = as_owner("pg_ctl", &all);
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// A client connected to `dbname` over the cluster's socket.
+    pub fn connect(&self, dbname: &str) -> Client {
+        Config::new()
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname(dbname)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connecting to {dbname}: {e}\n{}", self.log()))
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// The pid of the session_reaper worker of `dbname`, waiting for it to be running.
+    pub fn worker_pid(&self, dbname: &str) -> i32 {
+        let mut client = self.connect("postgres");
+        let mut pid = 0;
+        wait_until(&format!("a session_reaper worker runs in {dbname}"), Duration::from_secs(30), || {
+            let row = client
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_reaper worker' AND datname = $1",
+                    &[&dbname],
+                )
+                .expect("pg_stat_activity");
+            pid = row.map_or(0, |r| r.get(0));
+            pid != 0
+        });
+        pid
+    }
+
+    /// Sends a signal to a server process (as root, or as the owner).
+    pub fn signal(&self, pid: i32, signal: &str) {
+        let status = if is_root() {
+            Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()
+        } else {
+            Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()
+        };
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{signal} {pid}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = as_owner("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"]);
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds, failing after `timeout` with `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A single bigint from a query.
+pub fn count(client: &mut Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// The usual sessions table with `expired` dead rows and `live` rows an hour from expiry.
+pub fn sessions_table(client: &mut Client, table: &str, expired: i64, live: i64) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigserial PRIMARY KEY, token text NOT NULL, expires_at timestamptz NOT NULL);
+             CREATE INDEX ON {table} (expires_at);
+             INSERT INTO {table} (token, expires_at)
+               SELECT 'dead', now() - interval '1 minute' - g * interval '1 second' FROM generate_series(1, {expired}) g;
+             INSERT INTO {table} (token, expires_at)
+               SELECT 'live', now() + interval '1 hour' FROM generate_series(1, {live}) g;"
+        ))
+        .expect("create sessions table");
+}
