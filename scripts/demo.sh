@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # demo.sh — session_reaper on a throwaway cluster: builds and installs the extension, starts a
-# Postgres 15 with it preloaded, fills a sessions table with expired and live rows, and shows
-# the dry run, a purge and reaper_stats(). Stops the cluster at the end.
+# Postgres 15 with it preloaded, fills a sessions table with expired, soon-to-expire and live
+# rows, and lets the background worker empty the expired ones after
+# `ALTER SYSTEM SET reaper.interval = '2s'` and a reload. Shows the dry run, reaper_stats(),
+# the run history and the worker's log lines, then stops the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,6 +18,8 @@ cluster_start "${DEMO_DIR:-/tmp/session_reaper_demo}" "${DEMO_PORT:-54330}"
 trap cluster_stop EXIT
 echo "== cluster up: psql -h $PGHOST -p $PGPORT -U postgres"
 
+expired() { cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now()"; }
+
 cluster_psql --echo-queries <<'SQL'
 CREATE EXTENSION session_reaper;
 CREATE TABLE sessions (
@@ -25,22 +29,42 @@ CREATE TABLE sessions (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX ON sessions (expires_at);
--- 30,000 sessions that expired over the last 30 hours, 20,000 that are still live.
+-- 30,000 sessions that expired over the last 30 hours, 2,000 that expire within the next
+-- 10 seconds, and 18,000 live ones.
 INSERT INTO sessions (user_id, token, expires_at)
 SELECT g % 1000, md5(g::text), now() - g * interval '3.6 seconds' FROM generate_series(1, 30000) g;
 INSERT INTO sessions (user_id, token, expires_at)
-SELECT g % 1000, md5(g::text), now() + g * interval '3.6 seconds' FROM generate_series(1, 20000) g;
+SELECT g % 1000, md5(g::text), now() + g * interval '5 milliseconds' FROM generate_series(1, 2000) g;
+INSERT INTO sessions (user_id, token, expires_at)
+SELECT g % 1000, md5(g::text), now() + interval '1 day' FROM generate_series(1, 18000) g;
 ANALYZE sessions;
 
-SELECT reaper_register('public.sessions', 'expires_at');
+-- Register it switched off first, to look before anything is deleted.
+SELECT reaper_register('public.sessions', 'expires_at', enabled => false);
 \x on
 SELECT * FROM reaper_dry_run('public.sessions');
 \x off
-SELECT count(*) FILTER (WHERE expires_at < now()) AS expired, count(*) AS total FROM sessions;
-SELECT * FROM reaper_purge('public.sessions');
+
+ALTER SYSTEM SET reaper.interval = '2s';
+SELECT pg_reload_conf();
+SELECT reaper_enable('public.sessions', true);
+SQL
+
+echo "== waiting for the worker (no purge is called)"
+for _ in $(seq 1 300); do
+  [ "$(expired)" -eq 0 ] && break
+  sleep 0.1
+done
+[ "$(expired)" -eq 0 ] || { echo "the worker did not empty the expired rows" >&2; exit 1; }
+# Let the rows that expire during the next few seconds go too, run by run.
+sleep 12
+
+cluster_psql --echo-queries <<'SQL'
 SELECT count(*) FILTER (WHERE expires_at < now()) AS expired, count(*) AS total FROM sessions;
 \x on
 SELECT * FROM reaper_stats();
+\x off
+SELECT trigger, rows, batches, status, duration FROM reaper_history WHERE rows > 0 ORDER BY started_at;
 SQL
-echo "== the server log's line for that run:"
+echo "== the worker's lines in the server log:"
 grep 'session_reaper:' "$CLUSTER_DIR/server.log" | sed 's/^/   /'

@@ -35,4 +35,8 @@ echo "== pg_regress cases"
 bash pgrx-tests/run_regress.sh 2>&1 | tee "$log"
 regress=$(grep -Eo 'All [0-9]+ tests passed' "$log" | grep -Eo '[0-9]+')
 
-echo "tests: $((unit + regress)) passed, 0 failed"
+echo "== real-cluster harness (pgrx-tests/harness)"
+(cd pgrx-tests/harness && cargo test -- --test-threads=2) 2>&1 | tee "$log"
+harness=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+
+echo "tests: $((unit + regress + harness)) passed, 0 failed"

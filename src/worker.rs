@@ -252,10 +252,10 @@ impl Worker {
             };
             running.rows += deleted;
             running.batches += 1;
-            throttle(deleted, batch_started.elapsed());
             if deleted < limit {
                 return TurnEnd::Done;
             }
+            throttle(deleted, batch_started.elapsed());
         }
         TurnEnd::MoreWork
     }
