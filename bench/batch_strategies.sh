@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # batch_strategies.sh — how should one reap batch be written? Measures, on one throwaway
-# cluster and the same data, one big DELETE against three batch loops (a commit per batch),
-# and prints rows/s, WAL and the longest transaction, each relative to the single DELETE.
+# cluster and the same data, one big DELETE against two client-side batch loops (a commit per
+# batch) and session_reaper's own worker (batch_delay 0), and prints rows/s, WAL and the
+# longest transaction, each relative to the single DELETE.
 #
 #   bash bench/batch_strategies.sh [ROWS]      # default 2,000,000 rows, half expired
 #
@@ -12,7 +13,8 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
 source scripts/cluster.sh
 cluster_start "${BENCH_DIR:-/tmp/session_reaper_bench}" "${BENCH_PORT:-54340}" \
-  "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off"
+  "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
+  "reaper.interval = '1h'" "reaper.batch_delay = 0" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
 
 cluster_psql -q <<'SQL'
@@ -62,19 +64,33 @@ single="DELETE FROM sessions WHERE expires_at < now()"
 skip_locked="DELETE FROM sessions WHERE ctid = ANY (ARRAY(SELECT ctid FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED))"
 pk_cte="WITH b AS (SELECT id FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED) DELETE FROM sessions s USING b WHERE s.id = b.id"
 
+# reaper_run lets session_reaper's worker clear the backlog (registering wakes it) and records
+# its run from the history, which has the run's longest batch (= longest transaction).
+reaper_run() {
+  cluster_psql -q <<'SQL'
+DROP TABLE IF EXISTS mark;
+CREATE TABLE mark AS SELECT pg_current_wal_insert_lsn() AS lsn;
+SELECT reaper_register('sessions', batch_size => 10000);
+SQL
+  for _ in $(seq 1 6000); do
+    done_runs=$(cluster_psql -qAt -c "SELECT count(*) FROM reaper_history WHERE trigger = 'worker' AND rows > 0")
+    [ "$done_runs" -gt 0 ] && break
+    sleep 0.1
+  done
+  [ "$done_runs" -gt 0 ] || { echo "the worker did not finish within 10 minutes" >&2; exit 1; }
+  cluster_psql -q -c "INSERT INTO results SELECT 'reaper', rows, batches, extract(epoch FROM duration),
+      pg_current_wal_insert_lsn() - (SELECT lsn FROM mark), extract(epoch FROM longest_batch) * 1000
+    FROM reaper_history WHERE trigger = 'worker' AND rows > 0"
+}
+
 for strategy in single skip_locked pk_cte reaper; do
   fill
   case $strategy in
-    single) stmt=$single; batch=2147483647 ;;
-    skip_locked) stmt=$skip_locked; batch=10000 ;;
-    pk_cte) stmt=$pk_cte; batch=10000 ;;
-    reaper)
-      # The statement session_reaper itself runs, as its dry run shows it.
-      cluster_psql -qAt -c "SELECT reaper_register('sessions', batch_size => 10000)" >/dev/null
-      stmt=$(cluster_psql -qAt -c "SELECT statement FROM reaper_dry_run('sessions')")
-      batch=10000 ;;
+    single) cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)" ;;
+    skip_locked) cluster_psql -q -c "CALL run_batches('skip_locked', \$\$$skip_locked\$\$, 10000)" ;;
+    pk_cte) cluster_psql -q -c "CALL run_batches('pk_cte', \$\$$pk_cte\$\$, 10000)" ;;
+    reaper) reaper_run ;;
   esac
-  cluster_psql -q -c "CALL run_batches('$strategy', \$stmt\$$stmt\$stmt\$, $batch)"
   left=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now() - interval '1 minute'")
   [ "$left" -eq 0 ] || { echo "$strategy left $left expired rows" >&2; exit 1; }
 done

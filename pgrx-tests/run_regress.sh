@@ -5,7 +5,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../scripts/cluster.sh"
 work=${REGRESS_DIR:-/tmp/session_reaper_regress}
-cluster_start "$work" "${REGRESS_PORT:-54331}"
+# The worker stays off: these cases show what psql does, and a worker reaping at the same time
+# would change the counts they print.
+cluster_start "$work" "${REGRESS_PORT:-54331}" "reaper.enabled = off"
 createdb reaper_regress
 trap cluster_stop EXIT
 out=$(mktemp -d)

@@ -43,8 +43,10 @@ CREATE TABLE reaper_run (
     trigger     text NOT NULL CHECK (trigger IN ('worker', 'manual')),
     started_at  timestamptz NOT NULL,
     finished_at timestamptz NOT NULL,
-    rows        bigint NOT NULL,
+        rows        bigint NOT NULL,
     batches     integer NOT NULL,
+    -- In the worker each batch is one transaction: the longest a run held one.
+    longest_batch interval NOT NULL,
     status      text NOT NULL CHECK (status IN ('ok', 'error', 'timeout', 'skipped')),
     error       text
 );
@@ -79,7 +81,7 @@ COMMENT ON VIEW reaper_targets IS 'session_reaper: registered targets, one row p
 
 CREATE VIEW reaper_history WITH (security_barrier) AS
 SELECT h.run_id, h.relid AS target, h.trigger, h.started_at, h.finished_at,
-       h.finished_at - h.started_at AS duration, h.rows, h.batches, h.status, h.error
+              h.finished_at - h.started_at AS duration, h.rows, h.batches, h.longest_batch, h.status, h.error
   FROM reaper_run h
  WHERE reaper_can_see(h.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_history IS 'session_reaper: run history for tables you can see';

@@ -55,12 +55,12 @@ fn reaper_purge(
         let mut rows = Vec::new();
         for registered in chosen_targets(target, "purge") {
             let run = purge_one(&registered, budget);
-            budget = budget.map(|b| b - run.rows);
+            budget = budget.map(|b| b - run.progress.rows);
             let took_ms = history::record(&run);
             rows.push((
                 registered.relid,
-                run.rows,
-                run.batches,
+                run.progress.rows,
+                run.progress.batches,
                 Interval::from_micros((took_ms * 1000.0) as i64),
                 run.status.as_str().to_string(),
                 run.error.clone(),
@@ -104,8 +104,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
         target: registered,
         trigger: "manual",
         started_at,
-        rows: progress.rows,
-        batches: progress.batches,
+        progress,
         status,
         error,
     }
@@ -195,7 +194,7 @@ fn describe(
     })
     .expect("counting dead rows");
     let (would_delete, oldest, age, buckets) = counts;
-    let uses_index = t.has_expiry_index();
+    let uses_index = t.indexed;
     (
         t.relid,
         t.column.clone(),
@@ -207,7 +206,7 @@ fn describe(
         buckets[1],
         buckets[2],
         buckets[3],
-        t.delete_statement(t.batch_size()),
+        t.batch_statement(t.batch_size(), None),
         uses_index,
         (!uses_index).then(|| t.index_advice()),
     )

@@ -6,6 +6,7 @@
 //! and costs one row per target however long the history is. `reaper.log_history` decides
 //! which runs get a history row; the counters are kept either way.
 
+use crate::reap::Progress;
 use crate::security::as_role;
 use crate::settings::{self, LogHistory};
 use crate::sql::{ext_owner, ext_schema};
@@ -41,8 +42,7 @@ pub struct Run<'a> {
     pub trigger: &'static str,
     /// When the run started, in Unix seconds.
     pub started_at: f64,
-    pub rows: i64,
-    pub batches: i32,
+    pub progress: Progress,
     pub status: Status,
     pub error: Option<String>,
 }
@@ -69,8 +69,10 @@ pub fn record(run: &Run) -> f64 {
                            clock_timestamp() AS finished_at),
          h AS (
            INSERT INTO {schema}.reaper_run
-                  (run_id, target_id, relid, trigger, started_at, finished_at, rows, batches, status, error)
-           SELECT run_id, $1, $2, $3, started_at, finished_at, $5, $6, $7, $8 FROM r WHERE $9),
+                                    (run_id, target_id, relid, trigger, started_at, finished_at, rows, batches,
+                   longest_batch, status, error)
+           SELECT run_id, $1, $2, $3, started_at, finished_at, $5, $6,
+                  make_interval(secs => $10), $7, $8 FROM r WHERE $9),
          s AS (
            INSERT INTO {schema}.reaper_state AS s
                   (target_id, last_run_at, last_status, last_error, last_deleted, last_duration,
@@ -94,22 +96,23 @@ pub fn record(run: &Run) -> f64 {
                 run.target.relid.into(),
                 run.trigger.into(),
                 run.started_at.into(),
-                run.rows.into(),
-                run.batches.into(),
+                run.progress.rows.into(),
+                run.progress.batches.into(),
                 run.status.as_str().into(),
                 run.error.clone().into(),
                 keep_history.into(),
+                run.progress.longest_batch.as_secs_f64().into(),
             ],
         )
     })
     .expect("writing reaper_run");
     let took_ms = took_ms.unwrap_or(0.0);
-    if run.rows > 0 && settings::log_runs() {
+    if run.progress.rows > 0 && settings::log_runs() {
         log!(
             "session_reaper: {}: deleted {} rows in {} batches in {:.0} ms (run {})",
             run.target.name,
-            run.rows,
-            run.batches,
+            run.progress.rows,
+            run.progress.batches,
             took_ms,
             run_id.as_deref().map_or("", |id| &id[..8])
         );

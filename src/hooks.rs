@@ -26,6 +26,24 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
+mod raw {
+    // Postgres' own utility processing, as the C symbol a hook chain calls.
+    use pgrx::pg_sys;
+    extern "C-unwind" {
+        #[allow(clippy::too_many_arguments)]
+        pub fn standard_ProcessUtility(
+            pstmt: *mut pg_sys::PlannedStmt,
+            query: *const std::ffi::c_char,
+            read_only_tree: bool,
+            context: pg_sys::ProcessUtilityContext::Type,
+            params: pg_sys::ParamListInfo,
+            query_env: *mut pg_sys::QueryEnvironment,
+            dest: *mut pg_sys::DestReceiver,
+            qc: *mut pg_sys::QueryCompletion,
+        );
+    }
+}
+
 /// Installs the hooks; called from `_PG_init` in every backend.
 pub fn init() {
     unsafe {
@@ -86,8 +104,10 @@ unsafe extern "C-unwind" fn process_utility(
     {
         wake_worker_at_commit();
     }
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(
+    let next = PREV_PROCESS_UTILITY.unwrap_or(raw::standard_ProcessUtility);
+    // An ERROR inside becomes a Rust panic here, and Postgres' again at our #[pg_guard].
+    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+        next(
             pstmt,
             query,
             read_only_tree,
@@ -96,18 +116,8 @@ unsafe extern "C-unwind" fn process_utility(
             query_env,
             dest,
             qc,
-        ),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+        )
+    })
 }
 
 /// Stops the worker of the database about to be dropped and waits (briefly) until it is gone.
@@ -149,12 +159,6 @@ fn mark_dropping(database: u32) -> i32 {
         *slot = Slot { pid, ..dropping };
         return pid;
     }
-    if let Some(slot) = shared
-        .slots
-        .iter_mut()
-        .find(|s| s.state == WorkerState::Free)
-    {
-        *slot = dropping;
-    }
+    shared.take_free_slot(dropping);
     0
 }

@@ -128,18 +128,11 @@ fn reserve_slot(database: u32) -> bool {
         }
         return looked_too_early;
     }
-    match shared
-        .slots
-        .iter_mut()
-        .find(|s| s.state == WorkerState::Free)
-    {
-        Some(slot) => {
-            slot.database = database;
-            slot.state = WorkerState::Starting;
-            true
-        }
-        None => false,
-    }
+    shared.take_free_slot(Slot {
+        database,
+        state: WorkerState::Starting,
+        ..Default::default()
+    })
 }
 
 fn release_reserved(database: u32) {

@@ -12,15 +12,26 @@ use crate::settings;
 use crate::target::Target;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use std::time::{Duration, Instant};
 
 /// The first half of every advisory lock key session_reaper takes ("REAP").
 const LOCK_CLASS: i64 = 0x5245_4150;
 
-/// Rows and batches one run removed.
+/// What one run has done so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     pub rows: i64,
     pub batches: i32,
+    /// The longest batch: in the worker, the longest transaction the run held.
+    pub longest_batch: Duration,
+}
+
+impl Progress {
+    pub fn add(&mut self, batch: &Batch, took: Duration) {
+        self.rows += batch.deleted;
+        self.batches += 1;
+        self.longest_batch = self.longest_batch.max(took);
+    }
 }
 
 /// Takes the target's transaction-level advisory lock without waiting; false when another
@@ -35,41 +46,59 @@ pub fn try_lock(target: &Target) -> bool {
     .unwrap_or(false)
 }
 
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub deleted: i64,
+    /// Dead rows the batch picked; fewer than its limit means the run is done.
+    pub picked: i64,
+    /// Where the next batch of the same run starts.
+    pub resume: Option<String>,
+}
+
 /// Deletes at most `limit` dead rows of `target` in the current transaction, as the table's
-/// owner; returns how many went.
-pub fn delete_batch(target: &Target, limit: i64) -> i64 {
-    let statement = target.delete_statement(limit);
+/// owner, starting where the run's previous batch stopped.
+pub fn delete_batch(target: &Target, limit: i64, resume: Option<&str>) -> Batch {
+    let statement = target.batch_statement(limit, resume);
     let settings = [
         ("search_path", target.search_path()),
         ("lock_timeout", settings::lock_timeout()),
+        // The physical-order resume needs scans that start at the table's first page.
+        ("synchronize_seqscans", "off".to_string()),
     ];
-    with_settings(&settings, || {
+    let (deleted, picked, resume) = with_settings(&settings, || {
         as_role(target.owner, || {
             Spi::connect_mut(|client| {
-                client
-                    .update(statement.as_str(), None, &[])
-                    .map(|t| t.len())
+                let row = client.update(statement.as_str(), Some(1), &[])?.first();
+                row.get_three::<i64, i64, String>()
             })
         })
     })
-    .expect("running the reap batch") as i64
+    .expect("running the reap batch");
+    Batch {
+        deleted: deleted.unwrap_or(0),
+        picked: picked.unwrap_or(0),
+        resume,
+    }
 }
 
 /// Deletes batches in the current transaction until one comes back short or `max_rows` went.
 pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
     let mut progress = Progress::default();
+    let mut resume = None;
     loop {
         let remaining = max_rows.map_or(i64::MAX, |max| max - progress.rows);
         let limit = target.batch_size().min(remaining);
         if limit <= 0 {
             return progress;
         }
-        let deleted = delete_batch(target, limit);
-        progress.rows += deleted;
-        progress.batches += 1;
-        if deleted < limit {
+        let started = Instant::now();
+        let batch = delete_batch(target, limit, resume.as_deref());
+        progress.add(&batch, started.elapsed());
+        if batch.picked < limit {
             return progress;
         }
+        resume = batch.resume;
     }
 }
 

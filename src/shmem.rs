@@ -102,6 +102,17 @@ impl Shared {
             .iter_mut()
             .find(|s| s.database == database && s.state != WorkerState::Free)
     }
+
+    /// Fills a free slot with `slot`; false when every slot is taken.
+    pub fn take_free_slot(&mut self, slot: Slot) -> bool {
+        match self.slots.iter_mut().find(|s| s.state == WorkerState::Free) {
+            Some(free) => {
+                *free = slot;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Sets the latch of the process `pid`, if it is still a backend.

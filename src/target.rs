@@ -51,7 +51,12 @@ pub struct Target {
     pub table: String,
     pub owner: pg_sys::Oid,
     pub column: String,
+    /// The column's type as format_type prints it.
+    pub column_type: String,
     pub kind: ColumnKind,
+    /// A valid, non-partial btree index leads with the expiry column.
+    pub indexed: bool,
+    pub partitioned: bool,
     pub timezone: Option<String>,
     /// grace + ttl as interval text: how far before now() the cutoff lies.
     pub offset: String,
@@ -90,7 +95,12 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                 CASE WHEN t.schedule IS NOT NULL
                       AND array_length(regexp_split_to_array(btrim(t.schedule), '\\s+'), 1) <> 5
                      THEN extract(epoch FROM t.schedule::interval)::float8 END,
-                extract(epoch FROM s.last_run_at)::float8
+                                extract(epoch FROM s.last_run_at)::float8,
+                EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+                          JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+                         WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum AND am.amname = 'btree'
+                           AND i.indisvalid AND i.indpred IS NULL)
            FROM {schema}.reaper_target t
            LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
            LEFT JOIN pg_catalog.pg_class c ON c.oid = t.relid
@@ -132,16 +142,20 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
             let column: String = row.get(8)?.expect("column_name is not null");
             let timezone: Option<String> = row.get(11)?;
             let relkind: String = row.get(7)?.unwrap_or_default();
+            let column_type: Option<String> = row.get(10)?;
             match check_loaded(
                 &name,
                 &relkind,
                 &column,
                 row.get(9)?,
-                row.get(10)?,
+                column_type.clone(),
                 &timezone,
             ) {
                 Err(e) => Err(e),
                 Ok(kind) => Ok(Target {
+                    column_type: column_type.unwrap_or_default(),
+                    indexed: row.get(20)?.unwrap_or(false),
+                    partitioned: relkind == "p",
                     relid,
                     name: name.clone(),
                     schema: row.get(5)?.expect("schema"),
@@ -291,31 +305,36 @@ impl Target {
         }
     }
 
-    /// One batch: find at most `limit` dead rows by their physical address, then delete those
-    /// of them that are still dead. No row lock is taken before the DELETE (measured: a
-    /// `FOR UPDATE SKIP LOCKED` pass costs about 19% more WAL and 25% more time).
-    pub fn delete_statement(&self, limit: i64) -> String {
+    /// One batch: pick at most `limit` dead rows by their physical address, delete those of
+    /// them that are still dead, and report (rows deleted, rows picked, where the next batch
+    /// resumes). No row lock is taken before the DELETE (measured: a `FOR UPDATE SKIP LOCKED`
+    /// pass writes a lock record per row, 11-19% more WAL).
+    ///
+    /// A run resumes each batch where the previous one stopped, so no batch walks again over
+    /// the rows (or dead index entries) earlier batches removed: in expiry order when an index
+    /// leads with the column, else in physical order (a TID range scan). `resume` is the last
+    /// batch's bound as text; None starts at the beginning.
+    pub fn batch_statement(&self, limit: i64, resume: Option<&str>) -> String {
         let table = self.qualified();
         let dead = self.dead_condition();
+        let (key, order, after) = if self.indexed {
+            let col = quote_ident(&self.column);
+            let after =
+                resume.map(|r| format!(" AND {col} >= {}::{}", quote_literal(r), self.column_type));
+            (col.clone(), format!(" ORDER BY {col}"), after)
+        } else if self.partitioned {
+            // Physical positions repeat across partitions: every batch starts at the beginning.
+            ("ctid".to_string(), String::new(), None)
+        } else {
+            let after = resume.map(|r| format!(" AND ctid > {}::tid", quote_literal(r)));
+            ("ctid".to_string(), String::new(), after)
+        };
+        let after = after.unwrap_or_default();
         format!(
-            "DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {dead} LIMIT {limit})) AND {dead}"
+            "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{after}{order} LIMIT {limit}), \
+             gone AS (DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead} RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch)"
         )
-    }
-
-    /// Whether a valid, non-partial btree index leads with the expiry column.
-    pub fn has_expiry_index(&self) -> bool {
-        Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (
-               SELECT 1 FROM pg_catalog.pg_index i
-                 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-                 JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                WHERE i.indrelid = $1 AND a.attname = $2 AND am.amname = 'btree'
-                  AND i.indisvalid AND i.indpred IS NULL)",
-            &[self.relid.into(), self.column.as_str().into()],
-        )
-        .expect("reading pg_index")
-        .unwrap_or(false)
     }
 
     /// The statement that gives the reap an index to use.

@@ -366,6 +366,25 @@ mod tests {
         );
     }
 
+    /// Batches resume in index order from the previous batch's last expiry value: rows that
+    /// share that value across a batch boundary are not skipped.
+    #[pg_test]
+    fn batches_resume_in_expiry_order_without_skipping_equal_values() {
+        sessions_table();
+        run("CREATE INDEX ON sessions (expires_at)");
+        run("INSERT INTO sessions (token, expires_at)
+               SELECT 't' || g, date_trunc('minute', now()) - interval '1 second' - (g % 3) * interval '1 hour' FROM generate_series(1, 250) g");
+        run(
+            "INSERT INTO sessions (token, expires_at) VALUES ('live', now() + interval '1 minute')",
+        );
+        run("SELECT reaper_register('sessions', batch_size => 40)");
+        let (rows, batches) =
+            Spi::get_two::<i64, i32>("SELECT rows_deleted, batches FROM reaper_purge('sessions')")
+                .unwrap();
+        assert_eq!((rows, batches), (Some(250), Some(7)));
+        assert_eq!(count("SELECT count(*) FROM sessions"), 1);
+    }
+
     #[pg_test]
     fn dry_run_reports_and_deletes_nothing() {
         sessions_table();

@@ -9,10 +9,10 @@
 
 use crate::history::{self, Run, Status};
 use crate::process::{reload_settings_if_asked, sleep};
-use crate::reap;
+use crate::reap::{self, Progress};
 use crate::security::as_role;
 use crate::settings;
-use crate::shmem::{WorkerState, SHARED};
+use crate::shmem::{Slot, WorkerState, SHARED};
 use crate::sql::pinned;
 use crate::target::{self, Registered, Target};
 use crate::txn::{in_transaction, with_statement_timeout};
@@ -62,19 +62,12 @@ fn claim_slot(database: u32) -> bool {
         slot.state = WorkerState::Idle;
         return true;
     }
-    match shared
-        .slots
-        .iter_mut()
-        .find(|s| s.state == WorkerState::Free)
-    {
-        Some(slot) => {
-            slot.database = database;
-            slot.pid = me;
-            slot.state = WorkerState::Idle;
-            true
-        }
-        None => false,
-    }
+    shared.take_free_slot(Slot {
+        database,
+        pid: me,
+        state: WorkerState::Idle,
+        ..Default::default()
+    })
 }
 
 #[pg_guard]
@@ -141,8 +134,9 @@ struct Running {
     target: Registered,
     started_at: f64,
     started: Instant,
-    rows: i64,
-    batches: i32,
+    progress: Progress,
+    /// Where the target's next batch starts (see Target::batch_statement).
+    resume: Option<String>,
 }
 
 /// How a target's turn ended.
@@ -207,8 +201,8 @@ impl Worker {
                 target,
                 started_at: history::unix_now(),
                 started: Instant::now(),
-                rows: 0,
-                batches: 0,
+                progress: Progress::default(),
+                resume: None,
             })
             .collect();
         while let Some(mut running) = queue.pop_front() {
@@ -238,24 +232,25 @@ impl Worker {
             set_state(WorkerState::Reaping, t.relid);
             let limit = t.batch_size();
             let batch_started = Instant::now();
+            let resume = running.resume.clone();
             let batch = in_transaction(|| {
                 pinned(|| {
                     with_statement_timeout(settings::statement_timeout(), || {
-                        reap::try_lock(t).then(|| reap::delete_batch(t, limit))
+                        reap::try_lock(t).then(|| reap::delete_batch(t, limit, resume.as_deref()))
                     })
                 })
             });
-            let deleted = match batch {
-                Ok(Some(deleted)) => deleted,
+            let batch = match batch {
+                Ok(Some(batch)) => batch,
                 Ok(None) => return TurnEnd::Skipped,
                 Err((code, message)) => return TurnEnd::Failed(code, message),
             };
-            running.rows += deleted;
-            running.batches += 1;
-            if deleted < limit {
+            running.progress.add(&batch, batch_started.elapsed());
+            if batch.picked < limit {
                 return TurnEnd::Done;
             }
-            throttle(deleted, batch_started.elapsed());
+            running.resume = batch.resume;
+            throttle(batch.deleted, batch_started.elapsed());
         }
         TurnEnd::MoreWork
     }
@@ -325,8 +320,7 @@ fn finish(running: Running, end: TurnEnd) -> bool {
         target: &running.target,
         trigger: "worker",
         started_at: running.started_at,
-        rows: running.rows,
-        batches: running.batches,
+        progress: running.progress,
         status,
         error,
     };
@@ -341,8 +335,9 @@ fn finish(running: Running, end: TurnEnd) -> bool {
         );
     }
     if let (Ok(t), Some(share)) = (&running.target.target, settings::analyze_after()) {
-        if running.rows > 0 {
-            let analyzed = in_transaction(|| pinned(|| analyze_if_large(t, running.rows, share)));
+        if running.progress.rows > 0 {
+            let analyzed =
+                in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)));
             if let Err((code, message)) = analyzed {
                 warn(
                     code,
