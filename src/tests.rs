@@ -386,6 +386,32 @@ mod tests {
     }
 
     #[pg_test]
+    fn next_run_follows_the_interval_or_the_cron_schedule_in_utc() {
+        sessions_table();
+        run("CREATE TABLE codes (id int, expires_at timestamptz NOT NULL)");
+        run("SELECT reaper_register('sessions', schedule => '15 min')");
+        run("SELECT reaper_register('codes', schedule => '0 4 * * *')");
+        // Never run: due now.
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_stats() WHERE next_run_at <= clock_timestamp()"),
+            2
+        );
+        run("SELECT reaper_purge()");
+        let interval = count(
+            "SELECT extract(epoch FROM next_run_at - last_run_at)::bigint FROM reaper_stats() WHERE target = 'sessions'::regclass",
+        );
+        assert_eq!(interval, 15 * 60);
+        let cron = Spi::get_one::<bool>(
+            "SELECT next_run_at = date_trunc('day', last_run_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                                  + CASE WHEN extract(hour FROM last_run_at AT TIME ZONE 'UTC') < 4
+                                         THEN interval '4 hours' ELSE interval '28 hours' END
+               FROM reaper_stats() WHERE target = 'codes'::regclass",
+        )
+        .unwrap();
+        assert_eq!(cron, Some(true), "the next 04:00 UTC after the last run");
+    }
+
+    #[pg_test]
     fn dry_run_reports_and_deletes_nothing() {
         sessions_table();
         run("INSERT INTO sessions (token, expires_at) VALUES

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 const TURN_BATCHES: u32 = 10;
 /// How often the worker deletes history older than `reaper.history_retention`.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often a long round looks for targets that fell due meanwhile.
+const LOOK_DURING_ROUND: Duration = Duration::from_secs(1);
 /// Longest sleep without looking at the registry (changes also wake the worker at once).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -139,6 +141,18 @@ struct Running {
     resume: Option<String>,
 }
 
+impl Running {
+    fn new(target: Registered) -> Self {
+        Running {
+            target,
+            started_at: history::unix_now(),
+            started: Instant::now(),
+            progress: Progress::default(),
+            resume: None,
+        }
+    }
+}
+
 /// How a target's turn ended.
 enum TurnEnd {
     Done,
@@ -195,16 +209,8 @@ impl Worker {
     /// Returns false when a run could not be recorded.
     fn reap_round_robin(&mut self, due: Vec<Registered>) -> bool {
         let mut recorded = true;
-        let mut queue: VecDeque<Running> = due
-            .into_iter()
-            .map(|target| Running {
-                target,
-                started_at: history::unix_now(),
-                started: Instant::now(),
-                progress: Progress::default(),
-                resume: None,
-            })
-            .collect();
+        let mut queue: VecDeque<Running> = due.into_iter().map(Running::new).collect();
+        let mut last_look = Instant::now();
         while let Some(mut running) = queue.pop_front() {
             let end = match &running.target.target {
                 Err(e) => TurnEnd::Failed(e.sqlstate(), e.message()),
@@ -216,6 +222,11 @@ impl Worker {
             match end {
                 TurnEnd::MoreWork => queue.push_back(running),
                 end => recorded &= finish(running, end),
+            }
+            // Targets that fell due during a long round join it, rather than wait for its end.
+            if last_look.elapsed() >= LOOK_DURING_ROUND {
+                last_look = Instant::now();
+                join_newly_due(&mut queue);
             }
         }
         recorded
@@ -269,6 +280,18 @@ impl Worker {
                     warn(code, &format!("session_reaper: pruning history: {message}"));
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// Adds to the round the targets that are due now and not already in it.
+fn join_newly_due(queue: &mut VecDeque<Running>) {
+    let woken = take_wake_request();
+    if let Ok(Look::Due(due, _)) = in_transaction(|| pinned(|| look(woken))) {
+        for target in due {
+            if !queue.iter().any(|running| running.target.id == target.id) {
+                queue.push_back(Running::new(target));
             }
         }
     }

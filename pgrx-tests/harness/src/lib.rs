@@ -20,14 +20,21 @@ pub struct Cluster {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Runs a Postgres program as the cluster's owner (`postgres` when we are root).
 fn as_owner(program: &str, args: &[&str]) -> std::process::Output {
     let path = format!("{PG_BIN}/{program}");
     let output = if is_root() {
-        Command::new("sudo").args(["-u", "postgres", "--", &path]).args(args).output()
+        Command::new("sudo")
+            .args(["-u", "postgres", "--", &path])
+            .args(args)
+            .output()
     } else {
         Command::new(&path).args(args).output()
     };
@@ -44,12 +51,32 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create cluster dir");
         if is_root() {
-            let _ = Command::new("chmod").args(["755", "/tmp/session_reaper_harness"]).status();
-            Command::new("chown").args(["postgres:", dir.to_str().unwrap()]).status().expect("chown");
+            let _ = Command::new("chmod")
+                .args(["755", "/tmp/session_reaper_harness"])
+                .status();
+            Command::new("chown")
+                .args(["postgres:", dir.to_str().unwrap()])
+                .status()
+                .expect("chown");
         }
         let data = dir.join("data");
-        let out = as_owner("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "--no-sync"]);
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = as_owner(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut lines = vec![
             format!("port = {port}"),
             "listen_addresses = ''".to_string(),
@@ -65,7 +92,10 @@ impl Cluster {
         text.push('\n');
         let tmp = dir.join("postgresql.conf.new");
         std::fs::write(&tmp, text).expect("write conf");
-        Command::new("cp").args([tmp.to_str().unwrap(), conf_path.to_str().unwrap()]).status().expect("cp conf");
+        Command::new("cp")
+            .args([tmp.to_str().unwrap(), conf_path.to_str().unwrap()])
+            .status()
+            .expect("cp conf");
         let cluster = Cluster { dir, port };
         cluster.pg_ctl(&["start", "-w"]);
         cluster
@@ -106,34 +136,48 @@ impl Cluster {
     pub fn worker_pid(&self, dbname: &str) -> i32 {
         let mut client = self.connect("postgres");
         let mut pid = 0;
-        wait_until(&format!("a session_reaper worker runs in {dbname}"), Duration::from_secs(30), || {
-            let row = client
+        wait_until(
+            &format!("a session_reaper worker runs in {dbname}"),
+            Duration::from_secs(30),
+            || {
+                let row = client
                 .query_opt(
                     "SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_reaper worker' AND datname = $1",
                     &[&dbname],
                 )
                 .expect("pg_stat_activity");
-            pid = row.map_or(0, |r| r.get(0));
-            pid != 0
-        });
+                pid = row.map_or(0, |r| r.get(0));
+                pid != 0
+            },
+        );
         pid
     }
 
     /// Sends a signal to a server process (as root, or as the owner).
     pub fn signal(&self, pid: i32, signal: &str) {
         let status = if is_root() {
-            Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status()
         } else {
-            Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status()
         };
-        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{signal} {pid}");
+        assert!(
+            status.map(|s| s.success()).unwrap_or(false),
+            "kill -{signal} {pid}"
+        );
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let _ = as_owner("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"]);
+        let _ = as_owner(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
     }
 }
 
@@ -141,14 +185,20 @@ impl Drop for Cluster {
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();
     while !condition() {
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// A single bigint from a query.
 pub fn count(client: &mut Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// The usual sessions table with `expired` dead rows and `live` rows an hour from expiry.

@@ -7,7 +7,10 @@ use std::time::Duration;
 const SOON: Duration = Duration::from_secs(30);
 
 fn expired(client: &mut postgres::Client, table: &str) -> i64 {
-    count(client, &format!("SELECT count(*) FROM {table} WHERE expires_at < now()"))
+    count(
+        client,
+        &format!("SELECT count(*) FROM {table} WHERE expires_at < now()"),
+    )
 }
 
 #[test]
@@ -16,42 +19,80 @@ fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
     let mut db = pg.connect("postgres");
     db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 25_000, 5_000);
-    db.execute("SELECT reaper_register('sessions')", &[]).unwrap();
-    wait_until("the worker removed every expired row", SOON, || expired(&mut db, "sessions") == 0);
-    assert_eq!(count(&mut db, "SELECT count(*) FROM sessions WHERE token = 'live'"), 5_000);
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until("the worker removed every expired row", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM sessions WHERE token = 'live'"
+        ),
+        5_000
+    );
     // Rows that expire later are picked up by a later run, without anyone asking.
     db.batch_execute("UPDATE sessions SET expires_at = now() + interval '1 second' WHERE id IN (SELECT id FROM sessions LIMIT 100)")
         .unwrap();
-    wait_until("rows that expired later are gone too", SOON, || count(&mut db, "SELECT count(*) FROM sessions") == 4_900);
+    wait_until("rows that expired later are gone too", SOON, || {
+        count(&mut db, "SELECT count(*) FROM sessions") == 4_900
+    });
     // A run is recorded just after its last batch commits.
-    wait_until("the stats count every row", SOON, || count(&mut db, "SELECT total_deleted FROM reaper_stats()") == 25_100);
+    wait_until("the stats count every row", SOON, || {
+        count(&mut db, "SELECT total_deleted FROM reaper_stats()") == 25_100
+    });
     let stats = db
-        .query_one("SELECT total_deleted, worker_pid IS NOT NULL, last_status FROM reaper_stats()", &[])
+        .query_one(
+            "SELECT total_deleted, worker_pid IS NOT NULL, last_status FROM reaper_stats()",
+            &[],
+        )
         .unwrap();
-    assert!(stats.get::<_, bool>(1), "reaper_stats() shows the worker's pid");
+    assert!(
+        stats.get::<_, bool>(1),
+        "reaper_stats() shows the worker's pid"
+    );
     assert_eq!(stats.get::<_, String>(2), "ok");
-    assert!(count(&mut db, "SELECT count(*) FROM reaper_history WHERE trigger = 'worker' AND rows > 0") >= 2);
-    assert!(pg.log().contains("session_reaper: public.sessions: deleted 25000 rows"), "{}", pg.log());
+    assert!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM reaper_history WHERE trigger = 'worker' AND rows > 0"
+        ) >= 2
+    );
+    assert!(
+        pg.log()
+            .contains("session_reaper: public.sessions: deleted 25000 rows"),
+        "{}",
+        pg.log()
+    );
 }
 
 #[test]
 fn a_row_refreshed_while_the_worker_runs_is_never_deleted() {
-    let pg = Cluster::start("refresh", &["reaper.interval = '1s'", "reaper.batch_delay = '2ms'"]);
+    let pg = Cluster::start(
+        "refresh",
+        &["reaper.interval = '1s'", "reaper.batch_delay = '2ms'"],
+    );
     let mut db = pg.connect("postgres");
     db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 200_000, 0);
-    db.execute("SELECT reaper_register('sessions', batch_size => 500)", &[]).unwrap();
+    db.execute("SELECT reaper_register('sessions', batch_size => 500)", &[])
+        .unwrap();
     // Refresh expired sessions one by one, in a scattered order, while the worker deletes
     // them: every refresh that found its row (UPDATE 1) made that row live, so it must still
     // be there at the end.
-    wait_until("the worker has started", SOON, || expired(&mut db, "sessions") < 200_000);
+    wait_until("the worker has started", SOON, || {
+        expired(&mut db, "sessions") < 200_000
+    });
     let mut app = pg.connect("postgres");
     let mut refreshed = Vec::new();
     let mut missed = 0;
     for step in 1..6_000i64 {
         let id = 1 + (step * 7_919) % 200_000;
         let n = app
-            .execute("UPDATE sessions SET expires_at = now() + interval '1 hour' WHERE id = $1", &[&id])
+            .execute(
+                "UPDATE sessions SET expires_at = now() + interval '1 hour' WHERE id = $1",
+                &[&id],
+            )
             .unwrap();
         if n == 1 {
             refreshed.push(id);
@@ -59,11 +100,26 @@ fn a_row_refreshed_while_the_worker_runs_is_never_deleted() {
             missed += 1;
         }
     }
-    wait_until("the backlog is gone", SOON, || expired(&mut db, "sessions") == 0);
-    let kept = db.query_one("SELECT count(*) FROM sessions WHERE id = ANY($1)", &[&refreshed]).unwrap().get::<_, i64>(0);
-    assert_eq!(kept as usize, refreshed.len(), "every refreshed session survived");
+    wait_until("the backlog is gone", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
+    let kept = db
+        .query_one(
+            "SELECT count(*) FROM sessions WHERE id = ANY($1)",
+            &[&refreshed],
+        )
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(
+        kept as usize,
+        refreshed.len(),
+        "every refreshed session survived"
+    );
     assert!(!refreshed.is_empty(), "some refreshes found their row");
-    println!("refreshed {} sessions during the run, all kept; {missed} were already reaped", refreshed.len());
+    println!(
+        "refreshed {} sessions during the run, all kept; {missed} were already reaped",
+        refreshed.len()
+    );
 }
 
 #[test]
@@ -72,17 +128,32 @@ fn a_reload_changes_the_interval_without_a_restart() {
     let mut db = pg.connect("postgres");
     db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 10, 0);
-    db.execute("SELECT reaper_register('sessions')", &[]).unwrap();
-    wait_until("the first run is recorded (registration wakes the worker)", SOON, || {
-        count(&mut db, "SELECT total_deleted FROM reaper_stats()") == 10
-    });
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until(
+        "the first run is recorded (registration wakes the worker)",
+        SOON,
+        || count(&mut db, "SELECT total_deleted FROM reaper_stats()") == 10,
+    );
     let hours = "SELECT extract(epoch FROM next_run_at - last_run_at)::bigint FROM reaper_stats()";
-    assert_eq!(count(&mut db, hours), 3600, "with interval 1h the next run is an hour away");
-    db.batch_execute("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 minute')").unwrap();
-    db.batch_execute("ALTER SYSTEM SET reaper.interval = '1s'").unwrap();
+    assert_eq!(
+        count(&mut db, hours),
+        3600,
+        "with interval 1h the next run is an hour away"
+    );
+    db.batch_execute(
+        "INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 minute')",
+    )
+    .unwrap();
+    db.batch_execute("ALTER SYSTEM SET reaper.interval = '1s'")
+        .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_until("the row is reaped on the new interval", SOON, || expired(&mut db, "sessions") == 0);
-    wait_until("the next run is a second after the last", SOON, || count(&mut db, hours) == 1);
+    wait_until("the row is reaped on the new interval", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
+    wait_until("the next run is a second after the last", SOON, || {
+        count(&mut db, hours) == 1
+    });
 }
 
 #[test]
@@ -107,32 +178,75 @@ fn a_broken_target_is_reported_and_the_others_are_still_reaped() {
     wait_until("the broken target's error is in the stats", SOON, || {
         count(&mut db, "SELECT count(*) FROM reaper_stats() WHERE target = 'tokens'::regclass AND last_status = 'error'") == 1
     });
-    assert!(pg.log().contains("(SQLSTATE 42703)"), "a WARNING with the SQLSTATE: {}", pg.log());
-    assert!(pg.log().contains("no longer exists (SQLSTATE 42P01)"), "the dropped table is reported: {}", pg.log());
-    assert_eq!(count(&mut db, "SELECT count(*) FROM tokens"), 100, "nothing of the broken target was touched");
+    assert!(
+        pg.log().contains("(SQLSTATE 42703)"),
+        "a WARNING with the SQLSTATE: {}",
+        pg.log()
+    );
+    assert!(
+        pg.log().contains("no longer exists (SQLSTATE 42P01)"),
+        "the dropped table is reported: {}",
+        pg.log()
+    );
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM tokens"),
+        100,
+        "nothing of the broken target was touched"
+    );
 }
 
 #[test]
 fn sigterm_in_the_middle_of_a_backlog_leaves_committed_batches_and_no_locks() {
-    let pg = Cluster::start("sigterm", &["reaper.interval = '1s'", "reaper.batch_delay = '20ms'"]);
+    let pg = Cluster::start(
+        "sigterm",
+        &["reaper.interval = '1s'", "reaper.batch_delay = '20ms'"],
+    );
     let mut db = pg.connect("postgres");
     db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 300_000, 1_000);
-    db.execute("SELECT reaper_register('sessions', batch_size => 1000)", &[]).unwrap();
+    db.execute(
+        "SELECT reaper_register('sessions', batch_size => 1000)",
+        &[],
+    )
+    .unwrap();
     let pid = pg.worker_pid("postgres");
-    wait_until("the worker is part-way through", SOON, || expired(&mut db, "sessions") < 290_000);
+    wait_until("the worker is part-way through", SOON, || {
+        expired(&mut db, "sessions") < 290_000
+    });
     pg.signal(pid, "TERM");
     wait_until("the worker has exited", SOON, || {
-        count(&mut db, &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")) == 0
+        count(
+            &mut db,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        ) == 0
     });
     let left = expired(&mut db, "sessions");
-    assert!(left > 0 && left < 300_000, "committed batches stay deleted, the rest waits: {left}");
-    assert_eq!(count(&mut db, &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid}")), 0);
+    assert!(
+        left > 0 && left < 300_000,
+        "committed batches stay deleted, the rest waits: {left}"
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid}")
+        ),
+        0
+    );
     // The launcher starts a new worker, which finishes the job.
     let new_pid = pg.worker_pid("postgres");
     assert_ne!(new_pid, pid);
-    wait_until("the new worker finished the backlog", Duration::from_secs(90), || expired(&mut db, "sessions") == 0);
-    assert_eq!(count(&mut db, "SELECT count(*) FROM sessions WHERE token = 'live'"), 1_000);
+    wait_until(
+        "the new worker finished the backlog",
+        Duration::from_secs(90),
+        || expired(&mut db, "sessions") == 0,
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM sessions WHERE token = 'live'"
+        ),
+        1_000
+    );
 }
 
 #[test]
@@ -141,20 +255,34 @@ fn after_a_sigkill_crash_recovery_reaping_resumes() {
     let mut db = pg.connect("postgres");
     db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 100, 10);
-    db.execute("SELECT reaper_register('sessions')", &[]).unwrap();
-    wait_until("the first backlog is gone", SOON, || expired(&mut db, "sessions") == 0);
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until("the first backlog is gone", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
     let pid = pg.worker_pid("postgres");
     pg.signal(pid, "KILL");
     // The postmaster resets every backend; reconnect once it accepts connections again.
+    wait_until("the postmaster reset every process", SOON, || {
+        pg.log()
+            .contains("all server processes terminated; reinitializing")
+    });
     let mut db = None;
     wait_until("the server is back after crash recovery", SOON, || {
-        db = std::panic::catch_unwind(|| pg.connect("postgres")).ok();
+        db = std::panic::catch_unwind(|| {
+            let mut client = pg.connect("postgres");
+            client.batch_execute("SELECT 1").map(|_| client)
+        })
+        .ok()
+        .and_then(Result::ok);
         db.is_some()
     });
     let mut db = db.unwrap();
     db.batch_execute("INSERT INTO sessions (token, expires_at) SELECT 'dead', now() - interval '1 minute' FROM generate_series(1, 50)")
         .unwrap();
-    wait_until("the restarted worker reaps again", SOON, || expired(&mut db, "sessions") == 0);
+    wait_until("the restarted worker reaps again", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
     assert_ne!(pg.worker_pid("postgres"), pid);
     assert!(pg.log().contains("terminated by signal 9"), "{}", pg.log());
 }
@@ -164,34 +292,56 @@ fn every_database_with_the_extension_is_reaped_and_drops_just_work() {
     let pg = Cluster::start("databases", &["reaper.interval = '1s'"]);
     let mut admin = pg.connect("postgres");
     for name in ["app_one", "app_two", "no_reaper"] {
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
     }
     for name in ["app_one", "app_two"] {
         let mut db = pg.connect(name);
         db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
         sessions_table(&mut db, "sessions", 1_000, 10);
-        db.execute("SELECT reaper_register('sessions')", &[]).unwrap();
+        db.execute("SELECT reaper_register('sessions')", &[])
+            .unwrap();
     }
     for name in ["app_one", "app_two"] {
         let mut db = pg.connect(name);
-        wait_until(&format!("{name} is reaped"), SOON, || expired(&mut db, "sessions") == 0);
+        wait_until(&format!("{name} is reaped"), SOON, || {
+            expired(&mut db, "sessions") == 0
+        });
     }
-    let workers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'";
-    wait_until("only databases with the extension keep a worker", SOON, || count(&mut admin, workers) == 2);
+    let workers =
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'";
+    wait_until(
+        "only databases with the extension keep a worker",
+        SOON,
+        || count(&mut admin, workers) == 2,
+    );
     // DROP EXTENSION: that database's worker leaves.
-    pg.connect("app_two").batch_execute("DROP EXTENSION session_reaper").unwrap();
-    wait_until("app_two's worker left", SOON, || count(&mut admin, workers) == 1);
+    pg.connect("app_two")
+        .batch_execute("DROP EXTENSION session_reaper")
+        .unwrap();
+    wait_until("app_two's worker left", SOON, || {
+        count(&mut admin, workers) == 1
+    });
     // CREATE EXTENSION in a database that had none: a worker arrives.
     let mut late = pg.connect("no_reaper");
-    late.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    late.batch_execute("CREATE EXTENSION session_reaper")
+        .unwrap();
     sessions_table(&mut late, "sessions", 100, 0);
-    late.execute("SELECT reaper_register('sessions')", &[]).unwrap();
-    wait_until("the new database is reaped", SOON, || expired(&mut late, "sessions") == 0);
+    late.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until("the new database is reaped", SOON, || {
+        expired(&mut late, "sessions") == 0
+    });
     drop(late);
     // DROP DATABASE of a reaped database works without stopping anything by hand.
     pg.worker_pid("app_one");
-    admin.batch_execute("DROP DATABASE app_one").expect("DROP DATABASE of a reaped database");
-    admin.batch_execute("DROP DATABASE no_reaper").expect("DROP DATABASE of another reaped database");
+    admin
+        .batch_execute("DROP DATABASE app_one")
+        .expect("DROP DATABASE of a reaped database");
+    admin
+        .batch_execute("DROP DATABASE no_reaper")
+        .expect("DROP DATABASE of another reaped database");
 }
 
 #[test]
@@ -200,30 +350,93 @@ fn reaper_wake_runs_every_target_now() {
     let mut db = pg.connect("postgres");
     db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 10, 0);
-    db.execute("SELECT reaper_register('sessions')", &[]).unwrap();
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
     wait_until("the first run", SOON, || expired(&mut db, "sessions") == 0);
-    db.batch_execute("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 minute')").unwrap();
+    db.batch_execute(
+        "INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 minute')",
+    )
+    .unwrap();
     let woke: bool = db.query_one("SELECT reaper_wake()", &[]).unwrap().get(0);
     assert!(woke);
-    wait_until("reaper_wake() made the worker run", SOON, || expired(&mut db, "sessions") == 0);
+    wait_until("reaper_wake() made the worker run", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
 }
 
 #[test]
 fn settings_reload_and_refuse_bad_values_with_their_range() {
     let pg = Cluster::start("settings", &[]);
     let mut db = pg.connect("postgres");
-    let err = db.batch_execute("ALTER SYSTEM SET reaper.batch_size = 0").unwrap_err();
-    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
-    assert!(message.contains("0 is outside the valid range for parameter \"reaper.batch_size\" (1 .. 1000000)"), "{message}");
-    let err = db.batch_execute("ALTER SYSTEM SET reaper.log_history = 'sometimes'").unwrap_err();
-    assert!(err.as_db_error().unwrap().message().contains("invalid value for parameter \"reaper.log_history\""));
-    let err = db.batch_execute("SET reaper.interval = '5min'").unwrap_err();
-    assert!(err.as_db_error().unwrap().message().contains("cannot be changed now"));
-    let settings = count(&mut db, "SELECT count(*) FROM pg_settings WHERE name LIKE 'reaper.%' AND short_desc <> ''");
+    let err = db
+        .batch_execute("ALTER SYSTEM SET reaper.batch_size = 0")
+        .unwrap_err();
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains(
+            "0 is outside the valid range for parameter \"reaper.batch_size\" (1 .. 1000000)"
+        ),
+        "{message}"
+    );
+    let err = db
+        .batch_execute("ALTER SYSTEM SET reaper.log_history = 'sometimes'")
+        .unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("invalid value for parameter \"reaper.log_history\""));
+    let err = db
+        .batch_execute("SET reaper.interval = '5min'")
+        .unwrap_err();
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("cannot be changed now"));
+    let settings = count(
+        &mut db,
+        "SELECT count(*) FROM pg_settings WHERE name LIKE 'reaper.%' AND short_desc <> ''",
+    );
     assert_eq!(settings, 14);
-    db.batch_execute("ALTER SYSTEM SET reaper.batch_delay = '250ms'").unwrap();
+    db.batch_execute("ALTER SYSTEM SET reaper.batch_delay = '250ms'")
+        .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_until("the reload is visible", SOON, || {
-        pg.connect("postgres").query_one("SHOW reaper.batch_delay", &[]).unwrap().get::<_, String>(0) == "250ms"
+        pg.connect("postgres")
+            .query_one("SHOW reaper.batch_delay", &[])
+            .unwrap()
+            .get::<_, String>(0)
+            == "250ms"
     });
+}
+
+#[test]
+fn a_huge_backlog_does_not_starve_a_small_table() {
+    let pg = Cluster::start(
+        "fairness",
+        &["reaper.interval = '1s'", "reaper.batch_delay = '10ms'"],
+    );
+    let mut db = pg.connect("postgres");
+    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    sessions_table(&mut db, "big", 300_000, 0);
+    sessions_table(&mut db, "small", 100, 10);
+    db.execute("SELECT reaper_register('big', batch_size => 1000)", &[])
+        .unwrap();
+    wait_until("the big backlog is being reaped", SOON, || {
+        expired(&mut db, "big") < 290_000
+    });
+    db.execute("SELECT reaper_register('small')", &[]).unwrap();
+    wait_until("the small table is reaped", SOON, || {
+        expired(&mut db, "small") == 0
+    });
+    let big_left = expired(&mut db, "big");
+    assert!(
+        big_left > 0,
+        "the small table got its turn while the big backlog was still there"
+    );
+    println!("small table reaped with {big_left} rows of the big backlog still waiting");
 }
