@@ -440,3 +440,89 @@ fn a_huge_backlog_does_not_starve_a_small_table() {
     );
     println!("small table reaped with {big_left} rows of the big backlog still waiting");
 }
+
+#[test]
+fn targets_survive_pg_dump_and_restore() {
+    let pg = Cluster::start("dump", &["reaper.enabled = off"]);
+    let mut db = pg.connect("postgres");
+    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    sessions_table(&mut db, "sessions", 10, 10);
+    db.batch_execute("CREATE TABLE web_sessions (sid text, expire timestamp NOT NULL)")
+        .unwrap();
+    db.execute(
+        "SELECT reaper_register('sessions', grace => '30 seconds', predicate => 'token <> ''keep''', schedule => '0 4 * * *', batch_size => 500)",
+        &[],
+    )
+    .unwrap();
+    db.execute(
+        "SELECT reaper_register('web_sessions', 'expire', timezone => 'America/Chicago')",
+        &[],
+    )
+    .unwrap();
+    db.batch_execute("CREATE DATABASE restored").unwrap();
+    let dump = pg.dir.join("dump.sql");
+    let socket = pg.dir.to_str().unwrap().to_string();
+    let port = pg.port.to_string();
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+        .args([
+            "-h",
+            &socket,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-f",
+            dump.to_str().unwrap(),
+            "postgres",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("/usr/bin/psql")
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-h",
+            &socket,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "restored",
+            "-f",
+        ])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registry = "SELECT string_agg(concat_ws('|', target, column_name, timezone, grace, ttl, predicate, batch_size, schedule, action, enabled), ';' ORDER BY id) FROM reaper_targets";
+    let original: String = db.query_one(registry, &[]).unwrap().get(0);
+    let copy: String = pg
+        .connect("restored")
+        .query_one(registry, &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(copy, original);
+    assert!(
+        original.contains("America/Chicago") && original.contains("0 4 * * *"),
+        "{original}"
+    );
+    // The restored registry works: a purge there reaps the restored table.
+    let mut restored = pg.connect("restored");
+    let deleted: i64 = restored
+        .query_one("SELECT sum(rows_deleted)::bigint FROM reaper_purge()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 10);
+}
