@@ -2,6 +2,7 @@
 //! running it. Both act on one target or, given NULL, on every enabled target the caller may
 //! manage; both run as the table's owner.
 
+use crate::cursor::Cursor;
 use crate::errors::ReaperError;
 use crate::history::{self, Run, Status};
 use crate::reap::{self, Progress};
@@ -181,6 +182,9 @@ fn describe(
     );
     let counts = with_settings(&[("search_path", t.search_path())], || {
         as_role(t.owner, || {
+            // The first batch a run would start with now: its way of walking the table
+            // depends on the backlog, as in a real run.
+            let statement = Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size());
             Spi::connect(|client| {
                 let row = client.select(query.as_str(), Some(1), &[])?.first();
                 Ok::<_, pgrx::spi::Error>((
@@ -188,12 +192,13 @@ fn describe(
                     row.get::<TimestampWithTimeZone>(2)?,
                     row.get::<Interval>(3)?,
                     [4, 5, 6, 7].map(|i| row.get::<i64>(i).ok().flatten().unwrap_or(0)),
+                    statement,
                 ))
             })
         })
     })
     .expect("counting dead rows");
-    let (would_delete, oldest, age, buckets) = counts;
+    let (would_delete, oldest, age, buckets, statement) = counts;
     let uses_index = t.indexed;
     (
         t.relid,
@@ -206,7 +211,7 @@ fn describe(
         buckets[1],
         buckets[2],
         buckets[3],
-        t.batch_statement(t.batch_size(), None),
+        statement,
         uses_index,
         (!uses_index).then(|| t.index_advice()),
     )

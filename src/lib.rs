@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod cursor;
 mod errors;
 mod history;
 mod hooks;

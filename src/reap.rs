@@ -6,6 +6,7 @@
 //! table's owner, with `lock_timeout` set, until a batch comes back short or the row budget is
 //! spent. Every batch re-checks the expiry condition inside its DELETE.
 
+use crate::cursor::Cursor;
 use crate::history::Status;
 use crate::security::{as_role, with_settings};
 use crate::settings;
@@ -47,45 +48,45 @@ pub fn try_lock(target: &Target) -> bool {
 }
 
 /// What one batch did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub deleted: i64,
-    /// Dead rows the batch picked; fewer than its limit means the run is done.
-    pub picked: i64,
-    /// Where the next batch of the same run starts.
-    pub resume: Option<String>,
+    /// Where the next batch of the same run starts; None when the run is done.
+    pub next: Option<Cursor>,
 }
 
-/// Deletes at most `limit` dead rows of `target` in the current transaction, as the table's
-/// owner, starting where the run's previous batch stopped.
-pub fn delete_batch(target: &Target, limit: i64, resume: Option<&str>) -> Batch {
-    let statement = target.batch_statement(limit, resume);
+/// Deletes about `limit` dead rows of `target` in the current transaction, as the table's
+/// owner, from `cursor` (None: a run's first batch, which chooses how to walk the table;
+/// `exact` runs stop at exactly `limit` rows).
+pub fn delete_batch(target: &Target, limit: i64, cursor: Option<&Cursor>, exact: bool) -> Batch {
     let settings = [
         ("search_path", target.search_path()),
         ("lock_timeout", settings::lock_timeout()),
-        // The physical-order resume needs scans that start at the table's first page.
-        ("synchronize_seqscans", "off".to_string()),
     ];
-    let (deleted, picked, resume) = with_settings(&settings, || {
+    with_settings(&settings, || {
         as_role(target.owner, || {
-            Spi::connect_mut(|client| {
+            let cursor = cursor
+                .cloned()
+                .unwrap_or_else(|| Cursor::begin(target, limit, exact));
+            let statement = cursor.statement(target, limit);
+            let (deleted, picked, last_key) = Spi::connect_mut(|client| {
                 let row = client.update(statement.as_str(), Some(1), &[])?.first();
                 row.get_three::<i64, i64, String>()
             })
+            .expect("running the reap batch");
+            let (deleted, picked) = (deleted.unwrap_or(0), picked.unwrap_or(0));
+            Batch {
+                deleted,
+                next: cursor.after(limit, deleted, picked, last_key),
+            }
         })
     })
-    .expect("running the reap batch");
-    Batch {
-        deleted: deleted.unwrap_or(0),
-        picked: picked.unwrap_or(0),
-        resume,
-    }
 }
 
-/// Deletes batches in the current transaction until one comes back short or `max_rows` went.
+/// Deletes batches in the current transaction until the run is done or `max_rows` went.
 pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
     let mut progress = Progress::default();
-    let mut resume = None;
+    let mut cursor = None;
     loop {
         let remaining = max_rows.map_or(i64::MAX, |max| max - progress.rows);
         let limit = target.batch_size().min(remaining);
@@ -93,12 +94,12 @@ pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
             return progress;
         }
         let started = Instant::now();
-        let batch = delete_batch(target, limit, resume.as_deref());
+        let batch = delete_batch(target, limit, cursor.as_ref(), max_rows.is_some());
         progress.add(&batch, started.elapsed());
-        if batch.picked < limit {
-            return progress;
+        match batch.next {
+            Some(next) => cursor = Some(next),
+            None => return progress,
         }
-        resume = batch.resume;
     }
 }
 

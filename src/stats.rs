@@ -109,11 +109,6 @@ fn reaper_stats() -> TableIterator<
 /// The planner's estimate of dead rows, and how long ago the oldest dead row expired. NULL
 /// when the table cannot be read right now (a lock, a changed column): stats never fail.
 fn backlog(t: &Target) -> (Option<i64>, Option<Interval>) {
-    let estimate_query = format!(
-        "SELECT 1 FROM {} WHERE {}",
-        t.qualified(),
-        t.dead_condition()
-    );
     let oldest_query = format!(
         "SELECT (SELECT now() - {} FROM {} WHERE {} ORDER BY {} LIMIT 1)",
         t.expiry_expression(),
@@ -128,10 +123,7 @@ fn backlog(t: &Target) -> (Option<i64>, Option<Interval>) {
     in_subtransaction(|| {
         with_settings(&settings, || {
             as_role(t.owner, || {
-                let plan = Spi::explain(&estimate_query).expect("explain");
-                let estimate = plan.0[0]["Plan"]["Plan Rows"]
-                    .as_f64()
-                    .map(|rows| rows as i64);
+                let estimate = t.dead_rows_estimate();
                 let oldest = Spi::get_one::<Interval>(&oldest_query).expect("oldest dead row");
                 (estimate, oldest)
             })

@@ -305,36 +305,18 @@ impl Target {
         }
     }
 
-    /// One batch: pick at most `limit` dead rows by their physical address, delete those of
-    /// them that are still dead, and report (rows deleted, rows picked, where the next batch
-    /// resumes). No row lock is taken before the DELETE (measured: a `FOR UPDATE SKIP LOCKED`
-    /// pass writes a lock record per row, 11-19% more WAL).
-    ///
-    /// A run resumes each batch where the previous one stopped, so no batch walks again over
-    /// the rows (or dead index entries) earlier batches removed: in expiry order when an index
-    /// leads with the column, else in physical order (a TID range scan). `resume` is the last
-    /// batch's bound as text; None starts at the beginning.
-    pub fn batch_statement(&self, limit: i64, resume: Option<&str>) -> String {
-        let table = self.qualified();
-        let dead = self.dead_condition();
-        let (key, order, after) = if self.indexed {
-            let col = quote_ident(&self.column);
-            let after =
-                resume.map(|r| format!(" AND {col} >= {}::{}", quote_literal(r), self.column_type));
-            (col.clone(), format!(" ORDER BY {col}"), after)
-        } else if self.partitioned {
-            // Physical positions repeat across partitions: every batch starts at the beginning.
-            ("ctid".to_string(), String::new(), None)
-        } else {
-            let after = resume.map(|r| format!(" AND ctid > {}::tid", quote_literal(r)));
-            ("ctid".to_string(), String::new(), after)
-        };
-        let after = after.unwrap_or_default();
-        format!(
-            "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{after}{order} LIMIT {limit}), \
-             gone AS (DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead} RETURNING 1) \
-             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch)"
-        )
+    /// The planner's estimate of dead rows (no scan); run as the owner with the target's
+    /// search path.
+    pub fn dead_rows_estimate(&self) -> Option<i64> {
+        let query = format!(
+            "SELECT 1 FROM {} WHERE {}",
+            self.qualified(),
+            self.dead_condition()
+        );
+        let plan = Spi::explain(&query).ok()?;
+        plan.0[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .map(|rows| rows as i64)
     }
 
     /// The statement that gives the reap an index to use.

@@ -354,16 +354,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!((rows, batches), (Some(120), Some(2)));
-        let (rows, batches) =
-            Spi::get_two::<i64, i32>("SELECT rows_deleted, batches FROM reaper_purge('sessions')")
-                .unwrap();
-        assert_eq!((rows, batches), (Some(130), Some(2)));
+        // Without max_rows and without an index, the rest goes by page ranges.
+        let rows = count("SELECT rows_deleted FROM reaper_purge('sessions')");
+        assert_eq!(rows, 130);
         assert_eq!(count("SELECT total_deleted FROM reaper_stats()"), 250);
         assert_eq!(count("SELECT total_runs FROM reaper_stats()"), 2);
         assert_eq!(
             count("SELECT count(*) FROM reaper_history WHERE trigger = 'manual' AND status = 'ok'"),
             2
         );
+    }
+
+    /// Without an index on the column, a run walks the table by page ranges sized to about a
+    /// batch of dead rows: every dead row goes, no live one, in several batches.
+    #[pg_test]
+    fn page_ranges_delete_every_dead_row_and_no_live_one() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at)
+               SELECT CASE WHEN g % 2 = 0 THEN 'dead' ELSE 'live' END,
+                      now() + CASE WHEN g % 2 = 0 THEN -1 ELSE 1 END * interval '1 hour'
+                 FROM generate_series(1, 3000) g");
+        run("ANALYZE sessions");
+        run("SELECT reaper_register('sessions', batch_size => 100)");
+        let statement = Spi::get_one::<String>("SELECT statement FROM reaper_dry_run('sessions')")
+            .unwrap()
+            .unwrap();
+        assert!(statement.contains("ctid >= '(0,0)'::tid"), "{statement}");
+        let (rows, batches) =
+            Spi::get_two::<i64, i32>("SELECT rows_deleted, batches FROM reaper_purge('sessions')")
+                .unwrap();
+        assert_eq!(rows, Some(1500));
+        assert!(batches.unwrap() >= 8, "about 100 rows a batch: {batches:?}");
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'live'"),
+            1500
+        );
+        assert_eq!(count("SELECT count(*) FROM sessions"), 1500);
     }
 
     /// Batches resume in index order from the previous batch's last expiry value: rows that

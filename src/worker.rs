@@ -7,6 +7,7 @@
 //! The launcher starts this worker (launcher.rs) and never lets the postmaster restart it: a
 //! worker whose database lost the extension or was dropped simply stays gone.
 
+use crate::cursor::Cursor;
 use crate::history::{self, Run, Status};
 use crate::process::{reload_settings_if_asked, sleep};
 use crate::reap::{self, Progress};
@@ -137,8 +138,8 @@ struct Running {
     started_at: f64,
     started: Instant,
     progress: Progress,
-    /// Where the target's next batch starts (see Target::batch_statement).
-    resume: Option<String>,
+    /// Where the target's next batch starts; None before the first.
+    cursor: Option<Cursor>,
 }
 
 impl Running {
@@ -148,7 +149,7 @@ impl Running {
             started_at: history::unix_now(),
             started: Instant::now(),
             progress: Progress::default(),
-            resume: None,
+            cursor: None,
         }
     }
 }
@@ -243,11 +244,12 @@ impl Worker {
             set_state(WorkerState::Reaping, t.relid);
             let limit = t.batch_size();
             let batch_started = Instant::now();
-            let resume = running.resume.clone();
+            let cursor = running.cursor.clone();
             let batch = in_transaction(|| {
                 pinned(|| {
                     with_statement_timeout(settings::statement_timeout(), || {
-                        reap::try_lock(t).then(|| reap::delete_batch(t, limit, resume.as_deref()))
+                        reap::try_lock(t)
+                            .then(|| reap::delete_batch(t, limit, cursor.as_ref(), false))
                     })
                 })
             });
@@ -257,10 +259,10 @@ impl Worker {
                 Err((code, message)) => return TurnEnd::Failed(code, message),
             };
             running.progress.add(&batch, batch_started.elapsed());
-            if batch.picked < limit {
+            let Some(next) = batch.next else {
                 return TurnEnd::Done;
-            }
-            running.resume = batch.resume;
+            };
+            running.cursor = Some(next);
             throttle(batch.deleted, batch_started.elapsed());
         }
         TurnEnd::MoreWork
