@@ -526,3 +526,41 @@ fn targets_survive_pg_dump_and_restore() {
         .get(0);
     assert_eq!(deleted, 10);
 }
+
+#[test]
+fn analyze_after_and_log_history_do_what_they_say() {
+    let pg = Cluster::start(
+        "history",
+        &[
+            "reaper.interval = '1s'",
+            "reaper.log_history = 'errors'",
+            "reaper.analyze_after = 0.1",
+        ],
+    );
+    let mut db = pg.connect("postgres");
+    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    sessions_table(&mut db, "sessions", 1_000, 1_000);
+    db.batch_execute("VACUUM ANALYZE sessions").unwrap();
+    let analyzed = "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'sessions'";
+    let before = count(&mut db, analyzed);
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until("the run is counted", SOON, || {
+        count(&mut db, "SELECT total_deleted FROM reaper_stats()") == 1_000
+    });
+    // Half the table went: more than analyze_after, so the worker analyzed it.
+    wait_until("the table was analyzed after the run", SOON, || {
+        count(&mut db, analyzed) > before
+    });
+    // log_history = errors: successful runs leave no history rows, only counters.
+    assert_eq!(count(&mut db, "SELECT count(*) FROM reaper_history"), 0);
+    db.batch_execute("ALTER SYSTEM SET reaper.log_history = 'all'")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until("runs are written to the history again", SOON, || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM reaper_history WHERE trigger = 'worker'",
+        ) > 0
+    });
+}
