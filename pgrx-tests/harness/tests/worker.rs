@@ -6,6 +6,14 @@ use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
 
+/// A cluster with session_reaper created in its `postgres` database, and a client to it.
+fn with_reaper(name: &str, conf: &[&str]) -> (Cluster, postgres::Client) {
+    let pg = Cluster::start(name, conf);
+    let mut db = pg.connect("postgres");
+    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    (pg, db)
+}
+
 fn expired(client: &mut postgres::Client, table: &str) -> i64 {
     count(
         client,
@@ -15,9 +23,7 @@ fn expired(client: &mut postgres::Client, table: &str) -> i64 {
 
 #[test]
 fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
-    let pg = Cluster::start("vanish", &["reaper.interval = '1s'"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    let (pg, mut db) = with_reaper("vanish", &["reaper.interval = '1s'"]);
     sessions_table(&mut db, "sessions", 25_000, 5_000);
     db.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
@@ -68,12 +74,10 @@ fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
 
 #[test]
 fn a_row_refreshed_while_the_worker_runs_is_never_deleted() {
-    let pg = Cluster::start(
+    let (pg, mut db) = with_reaper(
         "refresh",
         &["reaper.interval = '1s'", "reaper.batch_delay = '2ms'"],
     );
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 200_000, 0);
     db.execute("SELECT reaper_register('sessions', batch_size => 500)", &[])
         .unwrap();
@@ -124,9 +128,7 @@ fn a_row_refreshed_while_the_worker_runs_is_never_deleted() {
 
 #[test]
 fn a_reload_changes_the_interval_without_a_restart() {
-    let pg = Cluster::start("reload", &["reaper.interval = '1h'"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    let (_pg, mut db) = with_reaper("reload", &["reaper.interval = '1h'"]);
     sessions_table(&mut db, "sessions", 10, 0);
     db.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
@@ -158,9 +160,7 @@ fn a_reload_changes_the_interval_without_a_restart() {
 
 #[test]
 fn a_broken_target_is_reported_and_the_others_are_still_reaped() {
-    let pg = Cluster::start("broken", &["reaper.interval = '1s'"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    let (pg, mut db) = with_reaper("broken", &["reaper.interval = '1s'"]);
     sessions_table(&mut db, "tokens", 100, 0);
     sessions_table(&mut db, "sessions", 1_000, 10);
     sessions_table(&mut db, "codes", 100, 0);
@@ -197,12 +197,10 @@ fn a_broken_target_is_reported_and_the_others_are_still_reaped() {
 
 #[test]
 fn sigterm_in_the_middle_of_a_backlog_leaves_committed_batches_and_no_locks() {
-    let pg = Cluster::start(
+    let (pg, mut db) = with_reaper(
         "sigterm",
         &["reaper.interval = '1s'", "reaper.batch_delay = '20ms'"],
     );
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 300_000, 1_000);
     db.execute(
         "SELECT reaper_register('sessions', batch_size => 1000)",
@@ -251,9 +249,7 @@ fn sigterm_in_the_middle_of_a_backlog_leaves_committed_batches_and_no_locks() {
 
 #[test]
 fn after_a_sigkill_crash_recovery_reaping_resumes() {
-    let pg = Cluster::start("sigkill", &["reaper.interval = '1s'"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    let (pg, mut db) = with_reaper("sigkill", &["reaper.interval = '1s'"]);
     sessions_table(&mut db, "sessions", 100, 10);
     db.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
@@ -346,9 +342,7 @@ fn every_database_with_the_extension_is_reaped_and_drops_just_work() {
 
 #[test]
 fn reaper_wake_runs_every_target_now() {
-    let pg = Cluster::start("wake", &["reaper.interval = '1h'"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    let (_pg, mut db) = with_reaper("wake", &["reaper.interval = '1h'"]);
     sessions_table(&mut db, "sessions", 10, 0);
     db.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
@@ -416,12 +410,10 @@ fn settings_reload_and_refuse_bad_values_with_their_range() {
 
 #[test]
 fn a_huge_backlog_does_not_starve_a_small_table() {
-    let pg = Cluster::start(
+    let (_pg, mut db) = with_reaper(
         "fairness",
         &["reaper.interval = '1s'", "reaper.batch_delay = '10ms'"],
     );
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "big", 300_000, 0);
     sessions_table(&mut db, "small", 100, 10);
     db.execute("SELECT reaper_register('big', batch_size => 1000)", &[])
@@ -443,9 +435,7 @@ fn a_huge_backlog_does_not_starve_a_small_table() {
 
 #[test]
 fn targets_survive_pg_dump_and_restore() {
-    let pg = Cluster::start("dump", &["reaper.enabled = off"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    let (pg, mut db) = with_reaper("dump", &["reaper.enabled = off"]);
     sessions_table(&mut db, "sessions", 10, 10);
     db.batch_execute("CREATE TABLE web_sessions (sid text, expire timestamp NOT NULL)")
         .unwrap();
@@ -529,7 +519,7 @@ fn targets_survive_pg_dump_and_restore() {
 
 #[test]
 fn analyze_after_and_log_history_do_what_they_say() {
-    let pg = Cluster::start(
+    let (_pg, mut db) = with_reaper(
         "history",
         &[
             "reaper.interval = '1s'",
@@ -537,8 +527,6 @@ fn analyze_after_and_log_history_do_what_they_say() {
             "reaper.analyze_after = 0.1",
         ],
     );
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
     sessions_table(&mut db, "sessions", 1_000, 1_000);
     db.batch_execute("VACUUM ANALYZE sessions").unwrap();
     let analyzed = "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'sessions'";
