@@ -45,20 +45,7 @@ impl Cluster {
     /// initdb, the given postgresql.conf lines, and start. Each test gets its own port and
     /// directory, so tests may run in parallel.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
-        let base = 56000 + (std::process::id() % 500) as u16 * 8;
-        let port = base + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from(format!("/tmp/session_reaper_harness/{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create cluster dir");
-        if is_root() {
-            let _ = Command::new("chmod")
-                .args(["755", "/tmp/session_reaper_harness"])
-                .status();
-            Command::new("chown")
-                .args(["postgres:", dir.to_str().unwrap()])
-                .status()
-                .expect("chown");
-        }
+        let (dir, port) = fresh_dir(name);
         let data = dir.join("data");
         let out = as_owner(
             "initdb",
@@ -86,19 +73,47 @@ impl Cluster {
             "log_line_prefix = '%m [%p] %e '".to_string(),
         ];
         lines.extend(conf.iter().map(|l| l.to_string()));
-        let conf_path = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
-        text.push_str(&lines.join("\n"));
-        text.push('\n');
-        let tmp = dir.join("postgresql.conf.new");
-        std::fs::write(&tmp, text).expect("write conf");
-        Command::new("cp")
-            .args([tmp.to_str().unwrap(), conf_path.to_str().unwrap()])
-            .status()
-            .expect("cp conf");
+        append_conf(&dir, &lines);
         let cluster = Cluster { dir, port };
         cluster.pg_ctl(&["start", "-w"]);
         cluster
+    }
+
+    /// A streaming standby of `primary`, made with pg_basebackup over its socket, and started.
+    pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
+        let (dir, port) = fresh_dir(name);
+        let data = dir.join("data");
+        let out = as_owner(
+            "pg_basebackup",
+            &[
+                "-h",
+                primary.dir.to_str().unwrap(),
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "--checkpoint=fast",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The copied postgresql.conf names the primary's port and socket: later lines win.
+        append_conf(
+            &dir,
+            &[
+                format!("port = {port}"),
+                format!("unix_socket_directories = '{}'", dir.display()),
+            ],
+        );
+        let standby = Cluster { dir, port };
+        standby.pg_ctl(&["start", "-w"]);
+        standby
     }
 
     pub fn pg_ctl(&self, args: &[&str]) {
@@ -169,6 +184,40 @@ impl Cluster {
             "kill -{signal} {pid}"
         );
     }
+}
+
+/// A new, empty directory for a cluster called `name` that the owner can enter, and a port.
+/// Each test gets its own, so tests may run in parallel.
+fn fresh_dir(name: &str) -> (PathBuf, u16) {
+    let base = 56000 + (std::process::id() % 500) as u16 * 8;
+    let port = base + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(format!("/tmp/session_reaper_harness/{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create cluster dir");
+    if is_root() {
+        let _ = Command::new("chmod")
+            .args(["755", "/tmp/session_reaper_harness"])
+            .status();
+        Command::new("chown")
+            .args(["postgres:", dir.to_str().unwrap()])
+            .status()
+            .expect("chown");
+    }
+    (dir, port)
+}
+
+/// Appends lines to the cluster's postgresql.conf (written as its owner would).
+fn append_conf(dir: &std::path::Path, lines: &[String]) {
+    let conf_path = dir.join("data").join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+    text.push_str(&lines.join("\n"));
+    text.push('\n');
+    let tmp = dir.join("postgresql.conf.new");
+    std::fs::write(&tmp, text).expect("write conf");
+    Command::new("cp")
+        .args([tmp.to_str().unwrap(), conf_path.to_str().unwrap()])
+        .status()
+        .expect("cp conf");
 }
 
 impl Drop for Cluster {

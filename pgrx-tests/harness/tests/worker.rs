@@ -552,3 +552,52 @@ fn analyze_after_and_log_history_do_what_they_say() {
         ) > 0
     });
 }
+
+#[test]
+fn a_standby_runs_no_reaper_until_it_is_promoted() {
+    let (primary, mut db) = with_reaper("primary", &["reaper.interval = '1s'"]);
+    sessions_table(&mut db, "sessions", 100, 10);
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until("the primary reaps", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
+    let standby = Cluster::standby_of(&primary, "standby");
+    let mut replica = standby.connect("postgres");
+    let reapers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'";
+    db.batch_execute("INSERT INTO sessions (token, expires_at) SELECT 'dead', now() - interval '1 minute' FROM generate_series(1, 50)")
+        .unwrap();
+    // The primary's deletes reach the standby; the standby itself runs no reaper.
+    wait_until(
+        "the standby has replayed the primary's reaping",
+        SOON,
+        || {
+            count(&mut db, "SELECT count(*) FROM sessions") == 10
+                && count(&mut replica, "SELECT count(*) FROM sessions") == 10
+        },
+    );
+    assert_eq!(
+        count(&mut replica, reapers),
+        0,
+        "no session_reaper process during recovery"
+    );
+    let standby_log = standby.log();
+    assert!(
+        !standby_log.contains("ERROR") && !standby_log.contains("WARNING"),
+        "nothing logged as an error on the standby: {standby_log}"
+    );
+    // Promote: the new primary reaps by itself.
+    primary.pg_ctl(&["stop", "-m", "fast"]);
+    standby.pg_ctl(&["promote", "-w"]);
+    let mut promoted = standby.connect("postgres");
+    promoted
+        .batch_execute("INSERT INTO sessions (token, expires_at) SELECT 'dead', now() - interval '1 minute' FROM generate_series(1, 20)")
+        .unwrap();
+    wait_until("the promoted server reaps", SOON, || {
+        expired(&mut promoted, "sessions") == 0
+    });
+    assert!(
+        count(&mut promoted, reapers) >= 2,
+        "launcher and worker run after promotion"
+    );
+}
