@@ -184,7 +184,8 @@ fn describe(
         as_role(t.owner, || {
             // The first batch a run would start with now: its way of walking the table
             // depends on the backlog, as in a real run.
-            let statement = Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size());
+            let statement =
+                Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size(), false);
             Spi::connect(|client| {
                 let row = client.select(query.as_str(), Some(1), &[])?.first();
                 Ok::<_, pgrx::spi::Error>((

@@ -80,24 +80,47 @@ impl Cursor {
     }
 
     /// The statement of the next batch. It returns (rows deleted, rows picked, the largest
-    /// expiry value picked as text); page batches pick nothing.
-    pub fn statement(&self, target: &Target, limit: i64) -> String {
+    /// expiry value picked as text); page batches pick nothing. With `skip_locked`, rows another
+    /// transaction holds locked are left for a later run instead of waited for.
+    pub fn statement(&self, target: &Target, limit: i64, skip_locked: bool) -> String {
         let table = target.qualified();
         let dead = target.dead_condition();
+        let lock = if skip_locked {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
         match self {
-            Cursor::Pages { next, span, .. } => format!(
-                "WITH gone AS (DELETE FROM {table} WHERE ctid >= '({next},0)'::tid AND ctid < '({},0)'::tid \
-                 AND {dead} RETURNING 1) SELECT count(*), 0::bigint, NULL::text FROM gone",
-                u64::from(*next) + u64::from(*span)
-            ),
+            Cursor::Pages { next, span, .. } => {
+                let range = format!(
+                    "ctid >= '({next},0)'::tid AND ctid < '({},0)'::tid",
+                    u64::from(*next) + u64::from(*span)
+                );
+                let which = if skip_locked {
+                    format!("ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {range} AND {dead}{lock}))")
+                } else {
+                    range
+                };
+                format!(
+                    "WITH gone AS (DELETE FROM {table} WHERE {which} AND {dead} RETURNING 1) \
+                     SELECT count(*), 0::bigint, NULL::text FROM gone"
+                )
+            }
             Cursor::Expiry(from) => {
                 let col = quote_ident(&target.column);
                 let from = from.as_ref().map_or(String::new(), |value| {
-                    format!(" AND {col} >= {}::{}", quote_literal(value), target.column_type)
+                    format!(
+                        " AND {col} >= {}::{}",
+                        quote_literal(value),
+                        target.column_type
+                    )
                 });
-                pick_and_delete(&table, &dead, &col, &format!("{from} ORDER BY {col}"), limit)
+                let bound = format!("{from} ORDER BY {col} LIMIT {limit}{lock}");
+                pick_and_delete(&table, &dead, &col, &bound)
             }
-            Cursor::FromStart => pick_and_delete(&table, &dead, "ctid", "", limit),
+            Cursor::FromStart => {
+                pick_and_delete(&table, &dead, "ctid", &format!(" LIMIT {limit}{lock}"))
+            }
         }
     }
 
@@ -144,10 +167,10 @@ fn span_for(wanted: f64, limit: i64, rows_per_page: f64) -> u32 {
     wanted.clamp(1.0, most) as u32
 }
 
-/// Picks at most `limit` dead rows (by `key`, after `bound`), then deletes those still dead.
-fn pick_and_delete(table: &str, dead: &str, key: &str, bound: &str, limit: i64) -> String {
+/// Picks dead rows (by `key`, as `bound` orders and limits them), then deletes those still dead.
+fn pick_and_delete(table: &str, dead: &str, key: &str, bound: &str) -> String {
     format!(
-        "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{bound} LIMIT {limit}), \
+        "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{bound}), \
          gone AS (DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead} RETURNING 1) \
          SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch)"
     )

@@ -55,10 +55,25 @@ pub struct Batch {
     pub next: Option<Cursor>,
 }
 
+/// How a batch treats rows that other transactions hold locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locked {
+    /// Wait for them, up to `reaper.lock_timeout` (no extra WAL: the usual case).
+    Wait,
+    /// Leave them for a later run (`FOR UPDATE SKIP LOCKED`: a lock record per row).
+    Skip,
+}
+
 /// Deletes about `limit` dead rows of `target` in the current transaction, as the table's
 /// owner, from `cursor` (None: a run's first batch, which chooses how to walk the table;
 /// `exact` runs stop at exactly `limit` rows).
-pub fn delete_batch(target: &Target, limit: i64, cursor: Option<&Cursor>, exact: bool) -> Batch {
+pub fn delete_batch(
+    target: &Target,
+    limit: i64,
+    cursor: Option<&Cursor>,
+    exact: bool,
+    locked: Locked,
+) -> Batch {
     let settings = [
         ("search_path", target.search_path()),
         ("lock_timeout", settings::lock_timeout()),
@@ -68,7 +83,7 @@ pub fn delete_batch(target: &Target, limit: i64, cursor: Option<&Cursor>, exact:
             let cursor = cursor
                 .cloned()
                 .unwrap_or_else(|| Cursor::begin(target, limit, exact));
-            let statement = cursor.statement(target, limit);
+            let statement = cursor.statement(target, limit, locked == Locked::Skip);
             let (deleted, picked, last_key) = Spi::connect_mut(|client| {
                 let row = client.update(statement.as_str(), Some(1), &[])?.first();
                 row.get_three::<i64, i64, String>()
@@ -94,7 +109,13 @@ pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
             return progress;
         }
         let started = Instant::now();
-        let batch = delete_batch(target, limit, cursor.as_ref(), max_rows.is_some());
+        let batch = delete_batch(
+            target,
+            limit,
+            cursor.as_ref(),
+            max_rows.is_some(),
+            Locked::Wait,
+        );
         progress.add(&batch, started.elapsed());
         match batch.next {
             Some(next) => cursor = Some(next),

@@ -10,7 +10,7 @@
 use crate::cursor::Cursor;
 use crate::history::{self, Run, Status};
 use crate::process::{reload_settings_if_asked, sleep};
-use crate::reap::{self, Progress};
+use crate::reap::{self, Locked, Progress};
 use crate::security::as_role;
 use crate::settings;
 use crate::shmem::{Slot, WorkerState, SHARED};
@@ -140,6 +140,8 @@ struct Running {
     progress: Progress,
     /// Where the target's next batch starts; None before the first.
     cursor: Option<Cursor>,
+    /// Whether batches wait for locked rows (until one timed out) or skip them.
+    locked: Locked,
 }
 
 impl Running {
@@ -150,6 +152,7 @@ impl Running {
             started: Instant::now(),
             progress: Progress::default(),
             cursor: None,
+            locked: Locked::Wait,
         }
     }
 }
@@ -245,17 +248,25 @@ impl Worker {
             let limit = t.batch_size();
             let batch_started = Instant::now();
             let cursor = running.cursor.clone();
+            let locked = running.locked;
             let batch = in_transaction(|| {
                 pinned(|| {
                     with_statement_timeout(settings::statement_timeout(), || {
                         reap::try_lock(t)
-                            .then(|| reap::delete_batch(t, limit, cursor.as_ref(), false))
+                            .then(|| reap::delete_batch(t, limit, cursor.as_ref(), false, locked))
                     })
                 })
             });
             let batch = match batch {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return TurnEnd::Skipped,
+                // The app held a row of this batch longer than reaper.lock_timeout: the batch
+                // gave up; try it again leaving locked rows for a later run, and keep doing so
+                // for the rest of this run, so one held row cannot stall the whole table.
+                Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, _)) if locked == Locked::Wait => {
+                    running.locked = Locked::Skip;
+                    continue;
+                }
                 Err((code, message)) => return TurnEnd::Failed(code, message),
             };
             running.progress.add(&batch, batch_started.elapsed());

@@ -601,3 +601,44 @@ fn a_standby_runs_no_reaper_until_it_is_promoted() {
         "launcher and worker run after promotion"
     );
 }
+
+#[test]
+fn a_row_the_app_holds_locked_is_left_for_later_and_stalls_nothing() {
+    let (pg, mut db) = with_reaper(
+        "locked",
+        &["reaper.interval = '1s'", "reaper.lock_timeout = '200ms'"],
+    );
+    sessions_table(&mut db, "sessions", 100, 10);
+    // The app holds one expired row locked in an open transaction.
+    let mut app = pg.connect("postgres");
+    let mut tx = app.transaction().unwrap();
+    let held: i64 = tx
+        .query_one(
+            "SELECT id FROM sessions WHERE token = 'dead' ORDER BY id LIMIT 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    // The batch waits reaper.lock_timeout for it, gives up, and is done again skipping it.
+    wait_until("every other expired row is reaped", SOON, || {
+        expired(&mut db, "sessions") == 1
+    });
+    let still_there = count(
+        &mut db,
+        &format!("SELECT count(*) FROM sessions WHERE id = {held}"),
+    );
+    assert_eq!(still_there, 1, "the locked row waits for a later run");
+    tx.rollback().unwrap();
+    wait_until("once the lock is gone the last row is reaped", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM sessions WHERE token = 'live'"
+        ),
+        10
+    );
+}
