@@ -96,13 +96,20 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     crate::shmem::wake_pid(launcher);
 }
 
-/// Marks this database as lacking the extension (as of `generation`) and exits; the launcher
-/// starts the worker again after the next CREATE EXTENSION.
-fn leave_for_lack_of_extension(generation: u64) -> ! {
+/// Marks this database as lacking the extension and exits, so the launcher starts the worker
+/// again only after the next CREATE EXTENSION — unless one committed since the worker looked
+/// (`generation` is the count it saw before looking): then it returns, to look again.
+fn leave_for_lack_of_extension(generation: u64) {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
-        slot.state = WorkerState::NoExtension;
-        slot.generation = generation;
+    {
+        let mut shared = SHARED.exclusive();
+        if shared.generation != generation {
+            return;
+        }
+        if let Some(slot) = shared.slot_of_mut(database) {
+            slot.state = WorkerState::NoExtension;
+            slot.generation = generation;
+        }
     }
     unsafe { pg_sys::proc_exit(0) }
 }
@@ -179,7 +186,10 @@ impl Worker {
             let generation = SHARED.share().generation;
             let look = in_transaction(|| pinned(|| look(woken)));
             let pause = match look {
-                Ok(Look::NoExtension) => leave_for_lack_of_extension(generation),
+                Ok(Look::NoExtension) => {
+                    leave_for_lack_of_extension(generation);
+                    Duration::ZERO
+                }
                 Ok(Look::Due(due, pause)) => {
                     let ran = !due.is_empty();
                     let recorded = self.reap_round_robin(due);

@@ -642,3 +642,62 @@ fn a_row_the_app_holds_locked_is_left_for_later_and_stalls_nothing() {
         10
     );
 }
+
+#[test]
+fn database_names_restricts_which_databases_get_a_worker() {
+    let pg = Cluster::start(
+        "names",
+        &[
+            "reaper.interval = '1s'",
+            "reaper.database_names = 'app_one'",
+        ],
+    );
+    let mut admin = pg.connect("postgres");
+    for name in ["app_one", "app_two"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let mut db = pg.connect(name);
+        db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+        sessions_table(&mut db, "sessions", 100, 0);
+        db.execute("SELECT reaper_register('sessions')", &[])
+            .unwrap();
+    }
+    let mut one = pg.connect("app_one");
+    wait_until("app_one is reaped", SOON, || {
+        expired(&mut one, "sessions") == 0
+    });
+    let workers = "SELECT string_agg(datname, ',') FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'";
+    let running: String = admin.query_one(workers, &[]).unwrap().get(0);
+    assert_eq!(running, "app_one", "only the named database has a worker");
+    let mut two = pg.connect("app_two");
+    assert_eq!(expired(&mut two, "sessions"), 100, "app_two is left alone");
+    let woke: bool = two.query_one("SELECT reaper_wake()", &[]).unwrap().get(0);
+    assert!(!woke, "reaper_wake() says there is no worker to wake");
+}
+
+#[test]
+fn the_readme_settings_table_matches_the_server() {
+    let pg = Cluster::start("readme", &[]);
+    let mut db = pg.connect("postgres");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let mut documented: Vec<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `reaper."))
+        .map(|l| l.split('`').nth(1).unwrap().to_string())
+        .collect();
+    documented.sort();
+    let rows = db
+        .query(
+            "SELECT name FROM pg_settings WHERE name LIKE 'reaper.%' ORDER BY name",
+            &[],
+        )
+        .unwrap();
+    let mut actual: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    actual.sort();
+    assert_eq!(
+        documented, actual,
+        "README's settings table lists exactly the server's settings"
+    );
+}
