@@ -2,9 +2,10 @@
 //! the background worker calls the same functions with a transaction per batch.
 //!
 //! A run of a target takes the target's advisory lock (so a purge and the worker never reap
-//! the same table at once), then deletes batches of at most `batch_size` dead rows as the
-//! table's owner, with `lock_timeout` set, until a batch comes back short or the row budget is
-//! spent. Every batch re-checks the expiry condition inside its DELETE.
+//! the same table at once), then deletes batches of about `batch_size` dead rows as the
+//! table's owner, with `lock_timeout` set, each starting where the last stopped (cursor.rs),
+//! until the cursor says the run is done or the row budget is spent. Every batch re-checks the
+//! expiry condition inside its DELETE.
 
 use crate::cursor::Cursor;
 use crate::history::Status;
