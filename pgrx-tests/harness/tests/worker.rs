@@ -6,6 +6,13 @@ use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
 
+/// Registers `sessions` and waits until the worker has removed its expired rows.
+fn register_and_drain(db: &mut postgres::Client, what: &str) {
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until(what, SOON, || expired(db, "sessions") == 0);
+}
+
 /// A cluster with session_reaper created in its `postgres` database, and a client to it.
 fn with_reaper(name: &str, conf: &[&str]) -> (Cluster, postgres::Client) {
     let pg = Cluster::start(name, conf);
@@ -25,11 +32,7 @@ fn expired(client: &mut postgres::Client, table: &str) -> i64 {
 fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
     let (pg, mut db) = with_reaper("vanish", &["reaper.interval = '1s'"]);
     sessions_table(&mut db, "sessions", 25_000, 5_000);
-    db.execute("SELECT reaper_register('sessions')", &[])
-        .unwrap();
-    wait_until("the worker removed every expired row", SOON, || {
-        expired(&mut db, "sessions") == 0
-    });
+    register_and_drain(&mut db, "the worker removed every expired row");
     assert_eq!(
         count(
             &mut db,
@@ -251,11 +254,7 @@ fn sigterm_in_the_middle_of_a_backlog_leaves_committed_batches_and_no_locks() {
 fn after_a_sigkill_crash_recovery_reaping_resumes() {
     let (pg, mut db) = with_reaper("sigkill", &["reaper.interval = '1s'"]);
     sessions_table(&mut db, "sessions", 100, 10);
-    db.execute("SELECT reaper_register('sessions')", &[])
-        .unwrap();
-    wait_until("the first backlog is gone", SOON, || {
-        expired(&mut db, "sessions") == 0
-    });
+    register_and_drain(&mut db, "the first backlog is gone");
     let pid = pg.worker_pid("postgres");
     pg.signal(pid, "KILL");
     // The postmaster resets every backend; reconnect once it accepts connections again.
@@ -557,11 +556,7 @@ fn analyze_after_and_log_history_do_what_they_say() {
 fn a_standby_runs_no_reaper_until_it_is_promoted() {
     let (primary, mut db) = with_reaper("primary", &["reaper.interval = '1s'"]);
     sessions_table(&mut db, "sessions", 100, 10);
-    db.execute("SELECT reaper_register('sessions')", &[])
-        .unwrap();
-    wait_until("the primary reaps", SOON, || {
-        expired(&mut db, "sessions") == 0
-    });
+    register_and_drain(&mut db, "the primary reaps");
     let standby = Cluster::standby_of(&primary, "standby");
     let mut replica = standby.connect("postgres");
     let reapers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'";
