@@ -4,7 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../scripts/cluster.sh"
-work=${REGRESS_DIR:-/tmp/session_reaper_regress}
+work=${REGRESS_DIR:-${SR_TMP:-/tmp}/session_reaper_regress}
 # The worker stays off: these cases show what psql does, and a worker reaping at the same time
 # would change the counts they print.
 cluster_start "$work" "${REGRESS_PORT:-54331}" "reaper.enabled = off"
@@ -13,7 +13,7 @@ trap cluster_stop EXIT
 out=$(mktemp -d)
 tests=$(cd "$here/regress/sql" && ls *.sql | sed 's/\.sql$//')
 status=0
-/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+"$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
   --host="$PGHOST" --port="$PGPORT" --user=postgres --dbname=reaper_regress --use-existing \
   --inputdir="$here/regress" --outputdir="$out" $tests || status=$?
 if [ "$status" -ne 0 ] && [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi

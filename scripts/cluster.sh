@@ -7,7 +7,8 @@
 #   cluster_psql -c 'SELECT 1'
 #   cluster_stop
 
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG_BIN=$("$PG_CONFIG" --bindir)
 
 # as_pg runs a command as the cluster's owner: `postgres` when we are root, else ourselves.
 as_pg() {

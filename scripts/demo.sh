@@ -6,15 +6,16 @@
 # the run history and the worker's log lines, then stops the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 bash scripts/setup.sh
 
 sudo_flag=()
 [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
 echo "== building and installing session_reaper"
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config "${sudo_flag[@]}" >/dev/null
+cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
 
 source scripts/cluster.sh
-cluster_start "${DEMO_DIR:-/tmp/session_reaper_demo}" "${DEMO_PORT:-54330}"
+cluster_start "${DEMO_DIR:-${SR_TMP:-/tmp}/session_reaper_demo}" "${DEMO_PORT:-54330}"
 trap cluster_stop EXIT
 echo "== cluster up: psql -h $PGHOST -p $PGPORT -U postgres"
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -19,7 +19,7 @@ echo "== #[pg_test]s (cargo pgrx test)"
 if [ "$(id -u)" -eq 0 ]; then
   # initdb refuses root: pgrx runs the test cluster as `postgres` in a directory it can enter.
   export CARGO_PGRX_TEST_RUNAS=postgres
-  export CARGO_PGRX_TEST_PGDATA=${CARGO_PGRX_TEST_PGDATA:-/tmp/session_reaper_pgrx/data}
+  export CARGO_PGRX_TEST_PGDATA=${CARGO_PGRX_TEST_PGDATA:-${SR_TMP:-/tmp}/session_reaper_pgrx/data}
   mkdir -p "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
   chown postgres: "$(dirname "$CARGO_PGRX_TEST_PGDATA")"
 fi

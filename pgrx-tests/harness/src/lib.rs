@@ -9,9 +9,30 @@ use postgres::{Client, Config, NoTls};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The Postgres programs to run: those of `$PG_CONFIG` (default: Debian's Postgres 15).
+pub fn pg_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let pg_config = std::env::var("PG_CONFIG")
+            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+        let out = Command::new(&pg_config)
+            .arg("--bindir")
+            .output()
+            .unwrap_or_else(|e| panic!("running {pg_config}: {e}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+/// Where clusters live: `$SR_TMP/session_reaper_harness` (default /tmp).
+fn harness_root() -> String {
+    format!(
+        "{}/session_reaper_harness",
+        std::env::var("SR_TMP").unwrap_or_else(|_| "/tmp".into())
+    )
+}
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 pub struct Cluster {
@@ -29,7 +50,7 @@ fn is_root() -> bool {
 
 /// Runs a Postgres program as the cluster's owner (`postgres` when we are root).
 fn as_owner(program: &str, args: &[&str]) -> std::process::Output {
-    let path = format!("{PG_BIN}/{program}");
+    let path = format!("{}/{program}", pg_bin());
     let output = if is_root() {
         Command::new("sudo")
             .args(["-u", "postgres", "--", &path])
@@ -189,14 +210,15 @@ impl Cluster {
 /// A new, empty directory for a cluster called `name` that the owner can enter, and a port.
 /// Each test gets its own, so tests may run in parallel.
 fn fresh_dir(name: &str) -> (PathBuf, u16) {
-    let base = 56000 + (std::process::id() % 500) as u16 * 8;
+    let base = 40000 + (std::process::id() % 1000) as u16 * 20;
     let port = base + NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(format!("/tmp/session_reaper_harness/{name}"));
+    let root = harness_root();
+    let dir = PathBuf::from(format!("{root}/{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create cluster dir");
     if is_root() {
         let _ = Command::new("chmod")
-            .args(["755", "/tmp/session_reaper_harness"])
+            .args(["755", &root])
             .status();
         Command::new("chown")
             .args(["postgres:", dir.to_str().unwrap()])

@@ -452,7 +452,7 @@ fn targets_survive_pg_dump_and_restore() {
     let dump = pg.dir.join("dump.sql");
     let socket = pg.dir.to_str().unwrap().to_string();
     let port = pg.port.to_string();
-    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+    let out = std::process::Command::new(format!("{}/pg_dump", session_reaper_harness::pg_bin()))
         .args([
             "-h",
             &socket,
