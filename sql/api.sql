@@ -12,11 +12,13 @@ CREATE FUNCTION reaper_register(
     batch_size integer  DEFAULT NULL,
     schedule   text     DEFAULT NULL,
     action     text     DEFAULT 'delete',
-    enabled    boolean  DEFAULT true
+    enabled    boolean  DEFAULT true,
+    archive_table regclass DEFAULT NULL,
+    update_set text     DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_register_wrapper';
-COMMENT ON FUNCTION reaper_register(regclass, name, text, interval, interval, text, integer, text, text, boolean)
+COMMENT ON FUNCTION reaper_register(regclass, name, text, interval, interval, text, integer, text, text, boolean, regclass, text)
     IS 'session_reaper: reap this table''s expired rows (registering again replaces the rule); returns the target id';
 
 CREATE FUNCTION reaper_unregister(target regclass) RETURNS void
@@ -31,7 +33,7 @@ COMMENT ON FUNCTION reaper_enable(regclass, boolean) IS 'session_reaper: switch 
 
 CREATE FUNCTION reaper_purge(target regclass DEFAULT NULL, max_rows bigint DEFAULT NULL)
 RETURNS TABLE (target regclass, rows_deleted bigint, batches integer, duration interval,
-               status text, error text)
+               status text, error text, partitions_dropped integer)
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_purge_wrapper';
 COMMENT ON FUNCTION reaper_purge(regclass, bigint)
@@ -41,11 +43,12 @@ CREATE FUNCTION reaper_dry_run(target regclass DEFAULT NULL)
 RETURNS TABLE (target regclass, column_name text, timezone text, would_delete bigint,
                oldest_expiry timestamptz, oldest_dead_age interval,
                expired_lt_1h bigint, expired_1h_6h bigint, expired_6h_24h bigint, expired_gt_24h bigint,
-               statement text, uses_index boolean, index_advice text)
+               statement text, uses_index boolean, index_advice text,
+               action text, partitions_to_drop text[])
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_dry_run_wrapper';
 COMMENT ON FUNCTION reaper_dry_run(regclass)
-    IS 'session_reaper: what a reap would delete now and the SQL it would run; deletes nothing';
+    IS 'session_reaper: what a reap would delete, move, update or drop now, and the SQL it would run; changes nothing';
 
 CREATE FUNCTION reaper_stats()
 RETURNS TABLE (target regclass, column_name text, enabled boolean, schedule text,

@@ -17,7 +17,12 @@ CREATE TABLE reaper_target (
                   CHECK (action IN ('delete', 'archive', 'drop_partitions', 'update')),
     enabled       boolean NOT NULL DEFAULT true,
     registered_at timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- Added in 0.2.0 (so at the end, as the upgrade from 0.1.0 leaves them).
+    archive_table regclass,
+    update_set    text,
+    CONSTRAINT reaper_target_archive_table_check CHECK ((action = 'archive') = (archive_table IS NOT NULL)),
+    CONSTRAINT reaper_target_update_set_check CHECK ((action = 'update') = (update_set IS NOT NULL))
 );
 COMMENT ON TABLE reaper_target IS 'session_reaper: registered targets (use reaper_register, not DML)';
 
@@ -48,7 +53,8 @@ CREATE TABLE reaper_run (
     -- In the worker each batch is one transaction: the longest a run held one.
     longest_batch interval NOT NULL,
     status      text NOT NULL CHECK (status IN ('ok', 'error', 'timeout', 'skipped')),
-    error       text
+    error       text,
+    partitions_dropped integer NOT NULL DEFAULT 0
 );
 CREATE INDEX ON reaper_run (started_at);
 COMMENT ON TABLE reaper_run IS 'session_reaper: one row per run (read through the reaper_history view)';
@@ -74,14 +80,16 @@ COMMENT ON FUNCTION reaper_can_see(oid, oid) IS 'session_reaper: whether a role 
 
 CREATE VIEW reaper_targets WITH (security_barrier) AS
 SELECT t.id, t.relid AS target, t.column_name, t.timezone, t.grace, t.ttl, t.predicate,
-       t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at
+       t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at,
+       t.archive_table, t.update_set
   FROM reaper_target t
  WHERE reaper_can_see(t.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_targets IS 'session_reaper: registered targets, one row per table you can see';
 
 CREATE VIEW reaper_history WITH (security_barrier) AS
 SELECT h.run_id, h.relid AS target, h.trigger, h.started_at, h.finished_at,
-              h.finished_at - h.started_at AS duration, h.rows, h.batches, h.longest_batch, h.status, h.error
+              h.finished_at - h.started_at AS duration, h.rows, h.batches, h.longest_batch, h.status, h.error,
+              h.partitions_dropped
   FROM reaper_run h
  WHERE reaper_can_see(h.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_history IS 'session_reaper: run history for tables you can see';

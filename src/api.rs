@@ -2,6 +2,7 @@
 //! running it. Both act on one target or, given NULL, on every enabled target the caller may
 //! manage; both run as the table's owner.
 
+use crate::action::{self, Action};
 use crate::cursor::Cursor;
 use crate::errors::ReaperError;
 use crate::history::{self, Run, Status};
@@ -46,6 +47,7 @@ fn reaper_purge(
         name!(duration, Interval),
         name!(status, String),
         name!(error, Option<String>),
+        name!(partitions_dropped, i32),
     ),
 > {
     if let Some(max_rows) = max_rows.filter(|m| *m <= 0) {
@@ -65,6 +67,7 @@ fn reaper_purge(
                 Interval::from_micros((took_ms * 1000.0) as i64),
                 run.status.as_str().to_string(),
                 run.error.clone(),
+                run.progress.partitions,
             ));
         }
         rows
@@ -132,6 +135,8 @@ fn reaper_dry_run(
         name!(statement, String),
         name!(uses_index, bool),
         name!(index_advice, Option<String>),
+        name!(action, String),
+        name!(partitions_to_drop, Vec<String>),
     ),
 > {
     let rows = pinned(|| {
@@ -168,6 +173,8 @@ fn describe(
     String,
     bool,
     Option<String>,
+    String,
+    Vec<String>,
 ) {
     let query = format!(
         "SELECT count(*), min(e), now() - min(e),
@@ -186,6 +193,10 @@ fn describe(
             // depends on the backlog, as in a real run.
             let statement =
                 Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size(), false);
+            let partitions = match t.action {
+                Action::DropPartitions => action::dead_partitions(t),
+                _ => Vec::new(),
+            };
             Spi::connect(|client| {
                 let row = client.select(query.as_str(), Some(1), &[])?.first();
                 Ok::<_, pgrx::spi::Error>((
@@ -194,12 +205,13 @@ fn describe(
                     row.get::<Interval>(3)?,
                     [4, 5, 6, 7].map(|i| row.get::<i64>(i).ok().flatten().unwrap_or(0)),
                     statement,
+                    partitions,
                 ))
             })
         })
     })
     .expect("counting dead rows");
-    let (would_delete, oldest, age, buckets, statement) = counts;
+    let (would_delete, oldest, age, buckets, statement, partitions) = counts;
     let uses_index = t.indexed;
     (
         t.relid,
@@ -215,6 +227,8 @@ fn describe(
         statement,
         uses_index,
         (!uses_index).then(|| t.index_advice()),
+        t.action.name().to_string(),
+        partitions,
     )
 }
 

@@ -14,6 +14,7 @@
 //! batch began is re-checked and kept. No row lock is taken first: `FOR UPDATE SKIP LOCKED`
 //! writes a lock record per row (measured: 11-19% more WAL).
 
+use crate::action::Action;
 use crate::sql::{quote_ident, quote_literal};
 use crate::target::Target;
 use pgrx::prelude::*;
@@ -37,10 +38,20 @@ pub enum Cursor {
     /// From the beginning each time: a partitioned table without an index on the column
     /// (physical positions repeat across partitions).
     FromStart,
+    /// Dropping whole dead partitions (action drop_partitions), one per batch, before the rows.
+    Partitions,
 }
 
 impl Cursor {
-    /// How a run of `target` begins; `exact` runs (a purge with max_rows) never walk pages,
+    /// Where a run of `target` starts: with whole partitions for drop_partitions, else rows.
+    pub fn first(target: &Target, limit: i64, exact: bool) -> Cursor {
+        match target.action {
+            Action::DropPartitions => Cursor::Partitions,
+            _ => Cursor::begin(target, limit, exact),
+        }
+    }
+
+    /// How a run of `target` walks its rows; `exact` runs (a purge with max_rows) never walk pages,
     /// since a page range cannot stop at a row count. Runs in the batch's transaction, as the
     /// table's owner.
     pub fn begin(target: &Target, limit: i64, exact: bool) -> Cursor {
@@ -79,12 +90,14 @@ impl Cursor {
         }
     }
 
-    /// The statement of the next batch. It returns (rows deleted, rows picked, the largest
-    /// expiry value picked as text); page batches pick nothing. With `skip_locked`, rows another
-    /// transaction holds locked are left for a later run instead of waited for.
+    /// The statement of the next batch of rows. It returns (rows acted on, rows picked, the
+    /// largest expiry value picked as text, rows an update left matching); page batches pick
+    /// nothing. With `skip_locked`, rows another transaction holds locked are left for a later
+    /// run instead of waited for.
     pub fn statement(&self, target: &Target, limit: i64, skip_locked: bool) -> String {
         let table = target.qualified();
         let dead = target.dead_condition();
+        let action = &target.action;
         let lock = if skip_locked {
             " FOR UPDATE SKIP LOCKED"
         } else {
@@ -102,8 +115,9 @@ impl Cursor {
                     range
                 };
                 format!(
-                    "WITH gone AS (DELETE FROM {table} WHERE {which} AND {dead} RETURNING 1) \
-                     SELECT count(*), 0::bigint, NULL::text FROM gone"
+                    "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {AGAIN} FROM gone",
+                    action.modify(&table, &format!("{which} AND {dead}"), &dead),
+                    action.follow_up()
                 )
             }
             Cursor::Expiry(from) => {
@@ -116,11 +130,16 @@ impl Cursor {
                     )
                 });
                 let bound = format!("{from} ORDER BY {col} LIMIT {limit}{lock}");
-                pick_and_delete(&table, &dead, &col, &bound)
+                pick_and_act(action, &table, &dead, &col, &bound)
             }
-            Cursor::FromStart => {
-                pick_and_delete(&table, &dead, "ctid", &format!(" LIMIT {limit}{lock}"))
-            }
+            Cursor::FromStart => pick_and_act(
+                action,
+                &table,
+                &dead,
+                "ctid",
+                &format!(" LIMIT {limit}{lock}"),
+            ),
+            Cursor::Partitions => unreachable!("partitions are dropped, not reaped by statement"),
         }
     }
 
@@ -156,6 +175,7 @@ impl Cursor {
             }
             Cursor::Expiry(_) => (picked >= limit).then_some(Cursor::Expiry(last_key)),
             Cursor::FromStart => (picked >= limit).then_some(Cursor::FromStart),
+            Cursor::Partitions => Some(Cursor::Partitions),
         }
     }
 }
@@ -167,11 +187,18 @@ fn span_for(wanted: f64, limit: i64, rows_per_page: f64) -> u32 {
     wanted.clamp(1.0, most) as u32
 }
 
-/// Picks dead rows (by `key`, as `bound` orders and limits them), then deletes those still dead.
-fn pick_and_delete(table: &str, dead: &str, key: &str, bound: &str) -> String {
+/// The statements' last column: how many rows acted on would match again (see Action::modify).
+const AGAIN: &str = "count(*) FILTER (WHERE _reaper_again)";
+
+/// Picks dead rows (by `key`, as `bound` orders and limits them), then acts on those still dead.
+fn pick_and_act(action: &Action, table: &str, dead: &str, key: &str, bound: &str) -> String {
+    let which = format!("ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead}");
     format!(
         "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{bound}), \
-         gone AS (DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead} RETURNING 1) \
-         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch)"
+         gone AS ({}){} \
+         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch), \
+                (SELECT {AGAIN} FROM gone)",
+        action.modify(table, &which, dead),
+        action.follow_up()
     )
 }

@@ -65,9 +65,48 @@ pub enum ReaperError {
         table: String,
         action: String,
     },
-    ActionNotSupported {
+    /// An action that needs an option it was not given (archive_table, update_set, predicate).
+    ActionNeeds {
+        table: String,
+        action: &'static str,
+        option: &'static str,
+    },
+    /// An option given for an action that does not use it.
+    OptionUnused {
         table: String,
         action: String,
+        option: &'static str,
+    },
+    /// drop_partitions with a predicate: a dropped partition takes every row with it.
+    PredicateWithDrop {
+        table: String,
+    },
+    NotRangePartitioned {
+        table: String,
+        column: String,
+        reason: String,
+    },
+    ArchiveMissing {
+        table: String,
+    },
+    ArchiveMismatch {
+        table: String,
+        archive: String,
+        reason: String,
+    },
+    ArchiveNoInsert {
+        table: String,
+        archive: String,
+        owner: String,
+    },
+    BadUpdateSet {
+        table: String,
+        reason: String,
+    },
+    /// An update that left rows matching the dead condition: every run would update them again.
+    UpdateRepeats {
+        table: String,
+        rows: i64,
     },
     BadMaxRows {
         max_rows: i64,
@@ -76,6 +115,10 @@ pub enum ReaperError {
     TimezoneMissing {
         table: String,
         column: String,
+    },
+    /// The extension's SQL objects are of another version than the loaded library.
+    OldVersion {
+        installed: String,
     },
 }
 
@@ -90,14 +133,24 @@ impl ReaperError {
             Self::NotOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Self::NotRegistered { .. } => ERRCODE_UNDEFINED_OBJECT,
             Self::BadPredicate { code, .. } => *code,
-            Self::ActionNotSupported { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
-            Self::TimezoneMissing { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Self::PredicateWithDrop { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            Self::NotRangePartitioned { .. } => ERRCODE_WRONG_OBJECT_TYPE,
+            Self::ArchiveMissing { .. } => ERRCODE_UNDEFINED_TABLE,
+            Self::ArchiveMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
+            Self::ArchiveNoInsert { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Self::BadUpdateSet { .. } => ERRCODE_SYNTAX_ERROR,
+            Self::UpdateRepeats { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             Self::BadBatchSize { .. }
             | Self::NegativeInterval { .. }
             | Self::BadSchedule { .. }
             | Self::BadTimezone { .. }
             | Self::TimezoneNotApplicable { .. }
             | Self::UnknownAction { .. }
+            | Self::ActionNeeds { .. }
+            | Self::OptionUnused { .. }
             | Self::BadMaxRows { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
@@ -143,14 +196,42 @@ impl ReaperError {
             Self::UnknownAction { table, action } => {
                 format!("invalid action \"{action}\" for table \"{table}\"")
             }
-            Self::ActionNotSupported { table, action } => {
-                format!("action \"{action}\" for table \"{table}\" is not supported yet")
+            Self::ActionNeeds { table, action, option } => {
+                format!("action \"{action}\" for table \"{table}\" needs {option}")
             }
+            Self::OptionUnused { table, action, option } => format!(
+                "{option} does not apply to action \"{action}\" (table \"{table}\")"
+            ),
+            Self::PredicateWithDrop { table } => format!(
+                "action \"drop_partitions\" for table \"{table}\" cannot take a predicate: dropping a partition removes every row in it"
+            ),
+            Self::NotRangePartitioned { table, column, reason } => format!(
+                "action \"drop_partitions\" needs table \"{table}\" range-partitioned by column \"{column}\": {reason}"
+            ),
+            Self::ArchiveMissing { table } => {
+                format!("the archive table of target \"{table}\" no longer exists")
+            }
+            Self::ArchiveMismatch { table, archive, reason } => format!(
+                "archive table \"{archive}\" cannot take the rows of table \"{table}\": {reason}"
+            ),
+            Self::ArchiveNoInsert { table, archive, owner } => format!(
+                "role \"{owner}\", owner of table \"{table}\", may not insert into archive table \"{archive}\""
+            ),
+            Self::BadUpdateSet { table, reason } => {
+                format!("invalid update_set for table \"{table}\": {reason}")
+            }
+            Self::UpdateRepeats { table, rows } => format!(
+                "update_set of table \"{table}\" left {rows} rows still matching: every run would update them again"
+            ),
             Self::BadMaxRows { max_rows } => {
                 format!("invalid max_rows {max_rows}: must be a positive number of rows")
             }
             Self::TimezoneMissing { table, column } => format!(
                 "target \"{table}\" has no timezone recorded for its column \"{column}\", which holds wall-clock times"
+            ),
+            Self::OldVersion { installed } => format!(
+                "extension \"session_reaper\" is at version {installed} in this database, but the loaded library is version {}",
+                crate::sql::LIBRARY_VERSION
             ),
         }
     }
@@ -192,11 +273,41 @@ impl ReaperError {
             Self::UnknownAction { .. } => {
                 "Use one of: delete, archive, drop_partitions, update.".into()
             }
-            Self::ActionNotSupported { .. } => "Use action => 'delete'.".into(),
+            Self::ActionNeeds { option: "archive_table", .. } => {
+                "Pass archive_table => 'a_table_with_the_same_columns'.".into()
+            }
+            Self::ActionNeeds { option: "update_set", .. } => {
+                "Pass update_set => 'ended_at = expires_at', a SET list for the dead rows.".into()
+            }
+            Self::ActionNeeds { .. } | Self::UpdateRepeats { .. } => {
+                "Pass a predicate that the update makes false, such as predicate => 'ended_at IS NULL' with update_set => 'ended_at = expires_at'.".into()
+            }
+            Self::OptionUnused { .. } => "Leave the option out, or choose the action that uses it.".into(),
+            Self::PredicateWithDrop { .. } => {
+                "Use action => 'delete' to reap by predicate, or register without one.".into()
+            }
+            Self::NotRangePartitioned { column, .. } => format!(
+                "Partition the table with PARTITION BY RANGE ({column}) (as pg_partman's create_parent does), or use action => 'delete'."
+            ),
+            Self::ArchiveMissing { table } => format!(
+                "Register it again with an archive table: SELECT reaper_register('{table}', action => 'archive', archive_table => '...');"
+            ),
+            Self::ArchiveMismatch { table, archive, .. } => format!(
+                "Give the archive table every column of \"{table}\" with the same type, for example: CREATE TABLE {archive} (LIKE {table});"
+            ),
+            Self::ArchiveNoInsert { archive, owner, .. } => {
+                format!("GRANT INSERT ON {archive} TO {owner};")
+            }
+            Self::BadUpdateSet { .. } => {
+                "update_set is the list that follows SET in an UPDATE, such as 'ended_at = expires_at'.".into()
+            }
             Self::BadMaxRows { .. } => "Pass a positive max_rows, or NULL for no limit.".into(),
             Self::TimezoneMissing { table, .. } => format!(
                 "Register it again with the zone the application writes in: SELECT reaper_register('{table}', timezone => 'UTC');"
             ),
+            Self::OldVersion { .. } => {
+                "Update it: ALTER EXTENSION session_reaper UPDATE;".into()
+            }
         };
         Some(hint)
     }

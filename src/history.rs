@@ -69,10 +69,10 @@ pub fn record(run: &Run) -> f64 {
                            clock_timestamp() AS finished_at),
          h AS (
            INSERT INTO {schema}.reaper_run
-                                    (run_id, target_id, relid, trigger, started_at, finished_at, rows, batches,
-                   longest_batch, status, error)
+                  (run_id, target_id, relid, trigger, started_at, finished_at, rows, batches,
+                   longest_batch, status, error, partitions_dropped)
            SELECT run_id, $1, $2, $3, started_at, finished_at, $5, $6,
-                  make_interval(secs => $10), $7, $8 FROM r WHERE $9),
+                  make_interval(secs => $10), $7, $8, $11 FROM r WHERE $9),
          s AS (
            INSERT INTO {schema}.reaper_state AS s
                   (target_id, last_run_at, last_status, last_error, last_deleted, last_duration,
@@ -102,17 +102,28 @@ pub fn record(run: &Run) -> f64 {
                 run.error.clone().into(),
                 keep_history.into(),
                 run.progress.longest_batch.as_secs_f64().into(),
+                run.progress.partitions.into(),
             ],
         )
     })
     .expect("writing reaper_run");
     let took_ms = took_ms.unwrap_or(0.0);
-    if run.progress.rows > 0 && settings::log_runs() {
+    let progress = &run.progress;
+    if (progress.rows > 0 || progress.partitions > 0) && settings::log_runs() {
+        let verb = run
+            .target
+            .target
+            .as_ref()
+            .map_or("deleted", |t| t.action.verb());
+        let partitions = match progress.partitions {
+            0 => String::new(),
+            n => format!(", dropped {n} partitions"),
+        };
         log!(
-            "session_reaper: {}: deleted {} rows in {} batches in {:.0} ms (run {})",
+            "session_reaper: {}: {verb} {} rows{partitions} in {} batches in {:.0} ms (run {})",
             run.target.name,
-            run.progress.rows,
-            run.progress.batches,
+            progress.rows,
+            progress.batches,
             took_ms,
             run_id.as_deref().map_or("", |id| &id[..8])
         );

@@ -99,9 +99,12 @@ unsafe extern "C-unwind" fn process_utility(
         if name.to_bytes() == b"session_reaper" {
             PENDING.fetch_or(RESCAN, Ordering::Relaxed);
         }
-    } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt)
-        && (*(stmt as *mut pg_sys::DropStmt)).removeType == pg_sys::ObjectType::OBJECT_EXTENSION
+    } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_AlterExtensionStmt)
+        || (pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt)
+            && (*(stmt as *mut pg_sys::DropStmt)).removeType
+                == pg_sys::ObjectType::OBJECT_EXTENSION)
     {
+        // After DROP EXTENSION the worker leaves; after ALTER EXTENSION UPDATE it may start.
         wake_worker_at_commit();
     }
     let next = PREV_PROCESS_UTILITY.unwrap_or(raw::standard_ProcessUtility);

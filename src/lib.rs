@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod action;
 mod api;
 mod cursor;
 mod errors;

@@ -7,7 +7,9 @@
 //! until the cursor says the run is done or the row budget is spent. Every batch re-checks the
 //! expiry condition inside its DELETE.
 
+use crate::action;
 use crate::cursor::Cursor;
+use crate::errors::ReaperError;
 use crate::history::Status;
 use crate::security::{as_role, with_settings};
 use crate::settings;
@@ -24,6 +26,8 @@ const LOCK_CLASS: i64 = 0x5245_4150;
 pub struct Progress {
     pub rows: i64,
     pub batches: i32,
+    /// Whole partitions dropped (action drop_partitions); their rows are not counted.
+    pub partitions: i32,
     /// The longest batch: in the worker, the longest transaction the run held.
     pub longest_batch: Duration,
 }
@@ -31,6 +35,7 @@ pub struct Progress {
 impl Progress {
     pub fn add(&mut self, batch: &Batch, took: Duration) {
         self.rows += batch.deleted;
+        self.partitions += batch.partitions;
         self.batches += 1;
         self.longest_batch = self.longest_batch.max(took);
     }
@@ -51,7 +56,9 @@ pub fn try_lock(target: &Target) -> bool {
 /// What one batch did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
+    /// Rows acted on: deleted, moved to the archive, or updated.
     pub deleted: i64,
+    pub partitions: i32,
     /// Where the next batch of the same run starts; None when the run is done.
     pub next: Option<Cursor>,
 }
@@ -65,9 +72,9 @@ pub enum Locked {
     Skip,
 }
 
-/// Deletes about `limit` dead rows of `target` in the current transaction, as the table's
-/// owner, from `cursor` (None: a run's first batch, which chooses how to walk the table;
-/// `exact` runs stop at exactly `limit` rows).
+/// Acts on about `limit` dead rows of `target` (or drops one dead partition) in the current
+/// transaction, as the table's owner, from `cursor` (None: a run's first batch, which chooses
+/// how to walk the table; `exact` runs stop at exactly `limit` rows).
 pub fn delete_batch(
     target: &Target,
     limit: i64,
@@ -81,18 +88,42 @@ pub fn delete_batch(
     ];
     with_settings(&settings, || {
         as_role(target.owner, || {
-            let cursor = cursor
+            let mut cursor = cursor
                 .cloned()
-                .unwrap_or_else(|| Cursor::begin(target, limit, exact));
+                .unwrap_or_else(|| Cursor::first(target, limit, exact));
+            if cursor == Cursor::Partitions {
+                if let Some(partition) = action::dead_partitions(target).first() {
+                    action::drop_partition(target, partition);
+                    return Batch {
+                        deleted: 0,
+                        partitions: 1,
+                        next: Some(Cursor::Partitions),
+                    };
+                }
+                cursor = Cursor::begin(target, limit, exact);
+            }
             let statement = cursor.statement(target, limit, locked == Locked::Skip);
-            let (deleted, picked, last_key) = Spi::connect_mut(|client| {
+            let (deleted, picked, last_key, again) = Spi::connect_mut(|client| {
                 let row = client.update(statement.as_str(), Some(1), &[])?.first();
-                row.get_three::<i64, i64, String>()
+                Ok::<_, pgrx::spi::Error>((
+                    row.get::<i64>(1)?.unwrap_or(0),
+                    row.get::<i64>(2)?.unwrap_or(0),
+                    row.get::<String>(3)?,
+                    row.get::<i64>(4)?.unwrap_or(0),
+                ))
             })
             .expect("running the reap batch");
-            let (deleted, picked) = (deleted.unwrap_or(0), picked.unwrap_or(0));
+            if again > 0 {
+                // Raised, so the batch's update is rolled back with the transaction.
+                ReaperError::UpdateRepeats {
+                    table: target.name.clone(),
+                    rows: again,
+                }
+                .raise();
+            }
             Batch {
                 deleted,
+                partitions: 0,
                 next: cursor.after(limit, deleted, picked, last_key),
             }
         })

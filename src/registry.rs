@@ -9,7 +9,7 @@ use crate::errors::{catch_pg_error, OrRaise, ReaperError};
 use crate::security::{as_role, check_owner, with_settings};
 use crate::sql::{ext_owner, ext_schema, pinned, quote_ident};
 use crate::target::{check_relkind, ColumnKind};
-use crate::{predicate, target};
+use crate::{action, predicate, target};
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -94,6 +94,8 @@ struct Options<'a> {
     schedule: Option<&'a str>,
     action: &'a str,
     enabled: bool,
+    archive_table: Option<pg_sys::Oid>,
+    update_set: Option<&'a str>,
 }
 
 /// Checks every option against the table; returns the time zone to store.
@@ -124,28 +126,64 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
             reason,
         })?;
     }
-    match opts.action {
-        "delete" => {}
-        "archive" | "drop_partitions" | "update" => {
-            return Err(ReaperError::ActionNotSupported {
-                table: name(),
-                action: opts.action.into(),
-            })
+    let search_path = format!("pg_catalog, {}", quote_ident(&table.schema));
+    with_settings(&[("search_path", search_path)], || {
+        if let Some(p) = opts.predicate {
+            predicate::validate(&table.name, &table.qualified(), table.owner, p)?;
         }
-        other => {
-            return Err(ReaperError::UnknownAction {
-                table: name(),
-                action: other.into(),
-            })
-        }
-    }
-    if let Some(p) = opts.predicate {
-        let search_path = format!("pg_catalog, {}", quote_ident(&table.schema));
-        with_settings(&[("search_path", search_path)], || {
-            predicate::validate(&table.name, &table.qualified(), table.owner, p)
-        })?;
-    }
+        validate_action(table, opts)
+    })?;
     Ok(timezone)
+}
+
+/// Checks the action and the options only some actions take.
+fn validate_action(table: &Table, opts: &Options) -> Result<(), ReaperError> {
+    let unused = |option| ReaperError::OptionUnused {
+        table: table.name.clone(),
+        action: opts.action.to_string(),
+        option,
+    };
+    let needs = |action, option| ReaperError::ActionNeeds {
+        table: table.name.clone(),
+        action,
+        option,
+    };
+    if opts.archive_table.is_some() && opts.action != "archive" {
+        return Err(unused("archive_table"));
+    }
+    if opts.update_set.is_some() && opts.action != "update" {
+        return Err(unused("update_set"));
+    }
+    match opts.action {
+        "delete" => Ok(()),
+        "archive" => {
+            let archive = opts
+                .archive_table
+                .ok_or_else(|| needs("archive", "archive_table"))?;
+            action::check_archive(&table.name, table.relid, table.owner, archive)
+        }
+        "update" => {
+            let set = opts
+                .update_set
+                .ok_or_else(|| needs("update", "update_set"))?;
+            // Without a predicate the updated rows would still be dead: updated on every run.
+            opts.predicate
+                .ok_or_else(|| needs("update", "a predicate that the update makes false"))?;
+            action::check_update_set(&table.name, &table.qualified(), table.owner, set)
+        }
+        "drop_partitions" => {
+            if opts.predicate.is_some() {
+                return Err(ReaperError::PredicateWithDrop {
+                    table: table.name.clone(),
+                });
+            }
+            action::check_partitioning(&table.name, table.relid, opts.column)
+        }
+        other => Err(ReaperError::UnknownAction {
+            table: table.name.clone(),
+            action: other.into(),
+        }),
+    }
 }
 
 /// Wall-clock columns need a zone: the one given, or the session's TimeZone (said in a NOTICE,
@@ -197,12 +235,14 @@ fn resolve_timezone(
 fn upsert(table: &Table, opts: &Options, timezone: Option<String>) -> i64 {
     let query = format!(
         "INSERT INTO {}.reaper_target AS t
-                (relid, column_name, timezone, grace, ttl, predicate, batch_size, schedule, action, enabled)
-         VALUES ($1, $2, $3, coalesce($4, '0'::interval), $5, $6, $7, $8, $9, $10)
+                (relid, column_name, timezone, grace, ttl, predicate, batch_size, schedule, action, enabled,
+                 archive_table, update_set)
+         VALUES ($1, $2, $3, coalesce($4, '0'::interval), $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (relid) DO UPDATE SET
                 column_name = EXCLUDED.column_name, timezone = EXCLUDED.timezone, grace = EXCLUDED.grace,
                 ttl = EXCLUDED.ttl, predicate = EXCLUDED.predicate, batch_size = EXCLUDED.batch_size,
                 schedule = EXCLUDED.schedule, action = EXCLUDED.action, enabled = EXCLUDED.enabled,
+                archive_table = EXCLUDED.archive_table, update_set = EXCLUDED.update_set,
                 updated_at = now()
          RETURNING id",
         ext_schema()
@@ -222,6 +262,8 @@ fn upsert(table: &Table, opts: &Options, timezone: Option<String>) -> i64 {
                 opts.schedule.into(),
                 opts.action.into(),
                 opts.enabled.into(),
+                opts.archive_table.into(),
+                opts.update_set.into(),
             ],
         )
     })
@@ -243,6 +285,8 @@ fn reaper_register(
     schedule: Option<&str>,
     action: Option<&str>,
     enabled: Option<bool>,
+    archive_table: Option<pg_sys::Oid>,
+    update_set: Option<&str>,
 ) -> i64 {
     pinned(|| {
         let table = Table::find(target);
@@ -259,6 +303,8 @@ fn reaper_register(
             schedule,
             action: action.unwrap_or("delete"),
             enabled: enabled.unwrap_or(true),
+            archive_table,
+            update_set,
         };
         let timezone = validate(&table, &opts).or_raise();
         crate::hooks::wake_worker_at_commit();

@@ -5,6 +5,7 @@
 //! `search_path` pinned to `pg_catalog, pg_temp` (see [`pinned`]), so a function or operator
 //! someone planted earlier on the caller's path is never picked up.
 
+use crate::errors::ReaperError;
 use crate::security::with_settings;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
@@ -40,15 +41,32 @@ pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&settings, f)
 }
 
-/// The quoted schema the extension was installed into, to qualify its tables with.
+/// The version of the extension's SQL objects this library is built for.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version of the extension's SQL objects in this database, if it is installed.
+pub fn installed_version() -> Option<String> {
+    Spi::get_one::<String>(
+        "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'session_reaper'",
+    )
+    .expect("reading pg_extension")
+}
+
+/// The quoted schema the extension was installed into, to qualify its tables with. Raises an
+/// ERROR while the SQL objects are of an older version than the library (between installing a
+/// new package and `ALTER EXTENSION session_reaper UPDATE`): their tables lack what this code
+/// reads and writes.
 pub fn ext_schema() -> String {
-    let schema = Spi::get_one::<String>(
-        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+    let (schema, version) = Spi::get_two::<String, String>(
+        "SELECT n.nspname::text, e.extversion::text FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
          WHERE e.extname = 'session_reaper'",
     )
-    .expect("reading pg_extension")
-    .expect("session_reaper is installed when its functions run");
+    .expect("reading pg_extension");
+    let schema = schema.expect("session_reaper is installed when its functions run");
+    if let Some(installed) = version.filter(|v| v != LIBRARY_VERSION) {
+        ReaperError::OldVersion { installed }.raise();
+    }
     quote_ident(&schema)
 }
 
@@ -67,4 +85,12 @@ pub fn relation_name(relid: pg_sys::Oid) -> String {
         .ok()
         .flatten()
         .unwrap_or_else(|| relid.to_u32().to_string())
+}
+
+/// A role's name, quoted where needed.
+pub fn role_name(role: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::pg_catalog.regrole::text", &[role.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| role.to_u32().to_string())
 }

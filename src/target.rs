@@ -5,6 +5,7 @@
 //! type is looked up on every load, so a column that was dropped, renamed or retyped after
 //! registration shows up as an error of that target instead of a wrong delete.
 
+use crate::action::{self, Action};
 use crate::errors::ReaperError;
 use crate::schedule::Schedule;
 use crate::security::as_role;
@@ -63,6 +64,7 @@ pub struct Target {
     pub ttl: Option<String>,
     pub predicate: Option<String>,
     pub batch_size: Option<i32>,
+    pub action: Action,
 }
 
 /// One row of the registry: its identity, and the target or why it cannot run.
@@ -100,7 +102,9 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
                           JOIN pg_catalog.pg_am am ON am.oid = ic.relam
                          WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum AND am.amname = 'btree'
-                           AND i.indisvalid AND i.indpred IS NULL)
+                           AND i.indisvalid AND i.indpred IS NULL),
+                t.action, t.update_set,
+                (SELECT ac.oid FROM pg_catalog.pg_class ac WHERE ac.oid = t.archive_table)
            FROM {schema}.reaper_target t
            LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
            LEFT JOIN pg_catalog.pg_class c ON c.oid = t.relid
@@ -152,23 +156,27 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
                 &timezone,
             ) {
                 Err(e) => Err(e),
-                Ok(kind) => Ok(Target {
-                    column_type: column_type.unwrap_or_default(),
-                    indexed: row.get(20)?.unwrap_or(false),
-                    partitioned: relkind == "p",
-                    relid,
-                    name: name.clone(),
-                    schema: row.get(5)?.expect("schema"),
-                    table: row.get(6)?.expect("table"),
-                    owner,
-                    column,
-                    kind,
-                    timezone,
-                    offset: row.get(12)?.expect("offset"),
-                    ttl: row.get(13)?,
-                    predicate: row.get(14)?,
-                    batch_size: row.get(15)?,
-                }),
+                Ok(kind) => match load_action(&name, relid, owner, row) {
+                    Err(e) => Err(e),
+                    Ok(action) => Ok(Target {
+                        column_type: column_type.unwrap_or_default(),
+                        indexed: row.get(20)?.unwrap_or(false),
+                        partitioned: relkind == "p",
+                        relid,
+                        name: name.clone(),
+                        schema: row.get(5)?.expect("schema"),
+                        table: row.get(6)?.expect("table"),
+                        owner,
+                        column,
+                        kind,
+                        timezone,
+                        offset: row.get(12)?.expect("offset"),
+                        ttl: row.get(13)?,
+                        predicate: row.get(14)?,
+                        batch_size: row.get(15)?,
+                        action,
+                    }),
+                },
             }
         }
     };
@@ -181,6 +189,24 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
         schedule,
         last_run,
         target,
+    })
+}
+
+/// The action of a target row; an archive action checks its archive table still fits.
+fn load_action(
+    name: &str,
+    relid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    row: &pgrx::spi::SpiHeapTupleData,
+) -> Result<Action, ReaperError> {
+    let action: Option<String> = row.get(21).ok().flatten();
+    Ok(match action.as_deref() {
+        Some("archive") => action::load_archive(name, relid, owner, row.get(23).ok().flatten())?,
+        Some("update") => Action::Update {
+            set: row.get(22).ok().flatten().unwrap_or_default(),
+        },
+        Some("drop_partitions") => Action::DropPartitions,
+        _ => Action::Delete,
     })
 }
 
@@ -268,10 +294,18 @@ impl Target {
     /// a btree index on the column serves it, and it is written into the DELETE itself so a row
     /// refreshed after it was picked is re-checked and kept.
     pub fn dead_condition(&self) -> String {
-        let col = quote_ident(&self.column);
+        let base = self.dead_condition_of(&quote_ident(&self.column));
+        match &self.predicate {
+            Some(predicate) => format!("{base} AND (({predicate}) IS TRUE)"),
+            None => base,
+        }
+    }
+
+    /// Whether `col`, an expression of the column's type, is past expiry (the predicate aside).
+    pub fn dead_condition_of(&self, col: &str) -> String {
         let cutoff = self.cutoff();
         let tz = self.timezone_literal();
-        let base = match self.kind {
+        match self.kind {
             ColumnKind::Timestamptz => format!("{col} < {cutoff}"),
             // Both readings of a wall-clock time: the index-friendly one, and the exact instant,
             // so a time that repeats when clocks go back is only taken when both agree.
@@ -282,10 +316,6 @@ impl Target {
             ColumnKind::Date => format!("{col} < timezone({tz}, {cutoff}) - '1 day'::interval"),
             // Whole seconds, rounded down: a row expiring within the current second waits.
             ColumnKind::Epoch => format!("{col} < floor(extract(epoch FROM {cutoff}))::bigint"),
-        };
-        match &self.predicate {
-            Some(predicate) => format!("{base} AND (({predicate}) IS TRUE)"),
-            None => base,
         }
     }
 

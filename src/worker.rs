@@ -8,13 +8,14 @@
 //! worker whose database lost the extension or was dropped simply stays gone.
 
 use crate::cursor::Cursor;
+use crate::errors::ReaperError;
 use crate::history::{self, Run, Status};
 use crate::process::{reload_settings_if_asked, sleep};
 use crate::reap::{self, Locked, Progress};
 use crate::security::as_role;
 use crate::settings;
 use crate::shmem::{Slot, WorkerState, SHARED};
-use crate::sql::pinned;
+use crate::sql::{installed_version, pinned, LIBRARY_VERSION};
 use crate::target::{self, Registered, Target};
 use crate::txn::{in_transaction, with_statement_timeout};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -49,7 +50,11 @@ pub extern "C-unwind" fn session_reaper_worker_main(arg: pg_sys::Datum) {
     unsafe {
         pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(database.to_u32()))
     };
-    Worker { last_prune: None }.run();
+    Worker {
+        last_prune: None,
+        warned_version: None,
+    }
+    .run();
 }
 
 /// Takes this database's slot; false when a live worker already holds it.
@@ -136,6 +141,8 @@ fn take_wake_request() -> bool {
 /// What one look at the registry found.
 enum Look {
     NoExtension,
+    /// The extension's SQL objects are of this other version: wait for ALTER EXTENSION UPDATE.
+    OtherVersion(String),
     Due(Vec<Registered>, Duration),
 }
 
@@ -175,6 +182,8 @@ enum TurnEnd {
 
 struct Worker {
     last_prune: Option<Instant>,
+    /// The other version of the SQL objects this worker last warned about.
+    warned_version: Option<String>,
 }
 
 impl Worker {
@@ -189,6 +198,24 @@ impl Worker {
                 Ok(Look::NoExtension) => {
                     leave_for_lack_of_extension(generation);
                     Duration::ZERO
+                }
+                Ok(Look::OtherVersion(installed)) => {
+                    // Said once per version: ALTER EXTENSION UPDATE wakes the worker.
+                    if self.warned_version.as_ref() != Some(&installed) {
+                        let e = ReaperError::OldVersion {
+                            installed: installed.clone(),
+                        };
+                        warn(
+                            e.sqlstate(),
+                            &format!(
+                                "session_reaper: not reaping: {}; {}",
+                                e.message(),
+                                e.hint().unwrap_or_default()
+                            ),
+                        );
+                        self.warned_version = Some(installed);
+                    }
+                    MAX_SLEEP
                 }
                 Ok(Look::Due(due, pause)) => {
                     let ran = !due.is_empty();
@@ -322,13 +349,10 @@ fn join_newly_due(queue: &mut VecDeque<Running>) {
 
 /// Reads the registry: the due targets and how long until the next one is due.
 fn look(woken: bool) -> Look {
-    let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'session_reaper')",
-    )
-    .expect("reading pg_extension")
-    .unwrap_or(false);
-    if !installed {
-        return Look::NoExtension;
+    match installed_version() {
+        None => return Look::NoExtension,
+        Some(version) if version != LIBRARY_VERSION => return Look::OtherVersion(version),
+        Some(_) => {}
     }
     if !settings::enabled() {
         return Look::Due(Vec::new(), MAX_SLEEP);

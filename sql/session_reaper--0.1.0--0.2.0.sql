@@ -1,0 +1,69 @@
+-- session_reaper 0.1.0 -> 0.2.0: the archive, update and drop_partitions actions.
+-- Run by ALTER EXTENSION session_reaper UPDATE, after the 0.2.0 library is installed (and the
+-- server restarted to load it). Until then the 0.2.0 worker does not reap, and says why.
+\echo Use "ALTER EXTENSION session_reaper UPDATE" to load this file. \quit
+
+-- A target's archive table and SET list; each belongs to its action only.
+ALTER TABLE reaper_target
+    ADD COLUMN archive_table regclass,
+    ADD COLUMN update_set text,
+    ADD CONSTRAINT reaper_target_archive_table_check CHECK ((action = 'archive') = (archive_table IS NOT NULL)),
+    ADD CONSTRAINT reaper_target_update_set_check CHECK ((action = 'update') = (update_set IS NOT NULL));
+
+ALTER TABLE reaper_run ADD COLUMN partitions_dropped integer NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE VIEW reaper_targets WITH (security_barrier) AS
+SELECT t.id, t.relid AS target, t.column_name, t.timezone, t.grace, t.ttl, t.predicate,
+       t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at,
+       t.archive_table, t.update_set
+  FROM reaper_target t
+ WHERE reaper_can_see(t.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
+
+CREATE OR REPLACE VIEW reaper_history WITH (security_barrier) AS
+SELECT h.run_id, h.relid AS target, h.trigger, h.started_at, h.finished_at,
+              h.finished_at - h.started_at AS duration, h.rows, h.batches, h.longest_batch, h.status, h.error,
+              h.partitions_dropped
+  FROM reaper_run h
+ WHERE reaper_can_see(h.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
+
+-- New parameters and result columns: the functions are replaced.
+DROP FUNCTION reaper_register(regclass, name, text, interval, interval, text, integer, text, text, boolean);
+CREATE FUNCTION reaper_register(
+    target     regclass,
+    "column"   name     DEFAULT 'expires_at',
+    timezone   text     DEFAULT NULL,
+    grace      interval DEFAULT '0',
+    ttl        interval DEFAULT NULL,
+    predicate  text     DEFAULT NULL,
+    batch_size integer  DEFAULT NULL,
+    schedule   text     DEFAULT NULL,
+    action     text     DEFAULT 'delete',
+    enabled    boolean  DEFAULT true,
+    archive_table regclass DEFAULT NULL,
+    update_set text     DEFAULT NULL
+) RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'reaper_register_wrapper';
+COMMENT ON FUNCTION reaper_register(regclass, name, text, interval, interval, text, integer, text, text, boolean, regclass, text)
+    IS 'session_reaper: reap this table''s expired rows (registering again replaces the rule); returns the target id';
+
+DROP FUNCTION reaper_purge(regclass, bigint);
+CREATE FUNCTION reaper_purge(target regclass DEFAULT NULL, max_rows bigint DEFAULT NULL)
+RETURNS TABLE (target regclass, rows_deleted bigint, batches integer, duration interval,
+               status text, error text, partitions_dropped integer)
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'reaper_purge_wrapper';
+COMMENT ON FUNCTION reaper_purge(regclass, bigint)
+    IS 'session_reaper: delete expired rows now, in this transaction (NULL: every enabled target you own)';
+
+DROP FUNCTION reaper_dry_run(regclass);
+CREATE FUNCTION reaper_dry_run(target regclass DEFAULT NULL)
+RETURNS TABLE (target regclass, column_name text, timezone text, would_delete bigint,
+               oldest_expiry timestamptz, oldest_dead_age interval,
+               expired_lt_1h bigint, expired_1h_6h bigint, expired_6h_24h bigint, expired_gt_24h bigint,
+               statement text, uses_index boolean, index_advice text,
+               action text, partitions_to_drop text[])
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'reaper_dry_run_wrapper';
+COMMENT ON FUNCTION reaper_dry_run(regclass)
+    IS 'session_reaper: what a reap would delete, move, update or drop now, and the SQL it would run; changes nothing';

@@ -1,0 +1,312 @@
+//! action.rs — what a run does with dead rows: delete them (the default), move them into an
+//! archive table, update them in place (soft expiry), or drop whole partitions that hold only
+//! dead rows and delete the rest.
+//!
+//! Every action changes rows through one data-modifying statement whose WHERE clause is the
+//! cursor's batch and the target's dead-row condition (cursor.rs), so the expiry re-check that
+//! keeps refreshed rows alive is the same for all of them.
+
+use crate::errors::{catch_pg_error, ReaperError};
+use crate::security::as_role;
+use crate::target::Target;
+use pgrx::prelude::*;
+use std::ffi::CString;
+
+/// A target's action, as loaded for a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Delete,
+    /// Dead rows move into `table` (quoted `schema.table`); `columns` is the target's column
+    /// list (quoted, comma-separated), copied by name.
+    Archive {
+        table: String,
+        columns: String,
+    },
+    /// `set` is the SET list run on dead rows instead of deleting them.
+    Update {
+        set: String,
+    },
+    DropPartitions,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Archive { .. } => "archive",
+            Self::Update { .. } => "update",
+            Self::DropPartitions => "drop_partitions",
+        }
+    }
+
+    /// What the action did to rows, for the log line of a run.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Delete | Self::DropPartitions => "deleted",
+            Self::Archive { .. } => "archived",
+            Self::Update { .. } => "updated",
+        }
+    }
+
+    /// The data-modifying CTE body that acts on the rows of `table` matching `which`, returning
+    /// one row per row acted on, with one boolean column `again`: whether the row would match
+    /// the dead condition `dead` again (only an update can leave such rows).
+    pub fn modify(&self, table: &str, which: &str, dead: &str) -> String {
+        match self {
+            Self::Delete | Self::DropPartitions => {
+                format!("DELETE FROM {table} WHERE {which} RETURNING false AS _reaper_again")
+            }
+            Self::Archive { columns, .. } => {
+                format!("DELETE FROM {table} WHERE {which} RETURNING false AS _reaper_again, {columns}")
+            }
+            // The SET list ends its line: a `--` comment in it cannot swallow the WHERE clause
+            // (registration refuses any list that would, see check_update_set).
+            Self::Update { set } => format!(
+                "UPDATE {table} SET {set}\n WHERE {which} RETURNING (({dead}) IS TRUE) AS _reaper_again"
+            ),
+        }
+    }
+
+    /// A further CTE that the action needs after `gone` (the rows acted on), with its comma.
+    pub fn follow_up(&self) -> String {
+        match self {
+            Self::Archive { table, columns } => {
+                format!(", moved AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM gone)")
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// The target's column list for an archive: every stored column, quoted, in table order.
+const COLUMNS_QUERY: &str =
+    "SELECT string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum)
+       FROM pg_catalog.pg_attribute
+      WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''";
+
+/// Loads the archive action of `target` into `archive` (an OID, or None when its table is
+/// gone), checking the archive table still fits.
+pub fn load_archive(
+    target: &str,
+    relid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    archive: Option<pg_sys::Oid>,
+) -> Result<Action, ReaperError> {
+    let archive = archive.ok_or_else(|| ReaperError::ArchiveMissing {
+        table: target.to_string(),
+    })?;
+    check_archive(target, relid, owner, archive)?;
+    let (table, columns) = Spi::get_two_with_args::<String, String>(
+        &format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), ({COLUMNS_QUERY})
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $2"
+        ),
+        &[relid.into(), archive.into()],
+    )
+    .expect("reading the archive table");
+    Ok(Action::Archive {
+        table: table.unwrap_or_default(),
+        columns: columns.unwrap_or_default(),
+    })
+}
+
+/// The archive table must exist, be another table, hold every column of the target with the
+/// same type (extra columns need a default or must allow NULL), and take the owner's INSERTs.
+pub fn check_archive(
+    target: &str,
+    relid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    archive: pg_sys::Oid,
+) -> Result<(), ReaperError> {
+    let problem = Spi::get_one_with_args::<String>(
+        "WITH t AS (SELECT attname, atttypid, pg_catalog.format_type(atttypid, atttypmod) AS type
+                      FROM pg_catalog.pg_attribute
+                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''),
+              a AS (SELECT attname, atttypid, attnotnull, atthasdef, attgenerated
+                      FROM pg_catalog.pg_attribute
+                     WHERE attrelid = $2 AND attnum > 0 AND NOT attisdropped)
+         SELECT CASE
+           WHEN $1 = $2 THEN 'it is the table being reaped'
+           WHEN (SELECT relkind FROM pg_catalog.pg_class WHERE oid = $2) NOT IN ('r', 'p')
+             THEN 'it is not a table'
+           ELSE (SELECT pg_catalog.format('column \"%s\" (%s) is missing from it or has another type', t.attname, t.type)
+                   FROM t LEFT JOIN a USING (attname)
+                  WHERE a.atttypid IS DISTINCT FROM t.atttypid OR a.attgenerated <> ''
+                  ORDER BY t.attname LIMIT 1)
+           END
+         UNION ALL
+         SELECT pg_catalog.format('its column \"%s\" has no default and does not allow NULL', a.attname)
+           FROM a WHERE a.attnotnull AND NOT a.atthasdef AND a.attname NOT IN (SELECT attname FROM t)
+         LIMIT 1",
+        &[relid.into(), archive.into()],
+    )
+    .expect("comparing the archive table");
+    let archive_name = crate::sql::relation_name(archive);
+    if let Some(reason) = problem {
+        return Err(ReaperError::ArchiveMismatch {
+            table: target.to_string(),
+            archive: archive_name,
+            reason,
+        });
+    }
+    let may_insert = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')",
+        &[owner.into(), archive.into()],
+    )
+    .expect("checking the archive's privileges")
+    .unwrap_or(false);
+    if !may_insert {
+        return Err(ReaperError::ArchiveNoInsert {
+            table: target.to_string(),
+            archive: archive_name,
+            owner: crate::sql::role_name(owner),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a SET list: Postgres' parser must read `UPDATE ONLY t SET <list>` + a new line +
+/// `WHERE false` as one UPDATE whose WHERE is that constant, so the list can neither add a
+/// clause nor comment out the reaper's WHERE; then it is planned as the table's owner, which
+/// catches unknown columns and wrong types.
+pub fn check_update_set(
+    table: &str,
+    qualified: &str,
+    owner: pg_sys::Oid,
+    set: &str,
+) -> Result<(), ReaperError> {
+    let bad = |reason: String| ReaperError::BadUpdateSet {
+        table: table.to_string(),
+        reason,
+    };
+    let statement = format!("UPDATE ONLY {qualified} SET {set}\n WHERE false");
+    if set.trim().is_empty() || !parses_as_plain_update(&statement) {
+        return Err(bad(
+            "it is not a single SET list such as 'ended_at = now()'".into(),
+        ));
+    }
+    catch_pg_error(|| {
+        as_role(owner, || {
+            Spi::connect(|client| client.prepare(statement.as_str(), &[]).map(|_| ()))
+                .expect("prepare raises its errors as Postgres errors")
+        })
+    })
+    .map_err(|(_, message)| bad(message))
+}
+
+/// True when the parser reads `sql` as exactly one UPDATE with a constant WHERE and no FROM,
+/// RETURNING or WITH.
+fn parses_as_plain_update(sql: &str) -> bool {
+    let Ok(sql) = CString::new(sql) else {
+        return false;
+    };
+    catch_pg_error(|| unsafe {
+        // SAFETY: raw_parse reads a valid C string and returns a palloc'd parse tree, which is
+        // only read here, within the current memory context.
+        let list = crate::predicate::raw_parse(&sql);
+        if list.is_null() || (*list).length != 1 {
+            return false;
+        }
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        let stmt = (*raw).stmt;
+        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_UpdateStmt) {
+            return false;
+        }
+        let update = &*(stmt as *mut pg_sys::UpdateStmt);
+        update.fromClause.is_null()
+            && update.returningList.is_null()
+            && update.withClause.is_null()
+            && pgrx::is_a(update.whereClause, pg_sys::NodeTag::T_A_Const)
+    })
+    .unwrap_or(false)
+}
+
+/// A table range-partitioned by exactly its expiry column, or why not.
+pub fn check_partitioning(
+    table: &str,
+    relid: pg_sys::Oid,
+    column: &str,
+) -> Result<(), ReaperError> {
+    let (strategy, matches) = Spi::get_two_with_args::<String, bool>(
+        "SELECT p.partstrat::text,
+                p.partnatts = 1 AND p.partattrs[0] = (SELECT attnum FROM pg_catalog.pg_attribute
+                                                       WHERE attrelid = $1 AND attname = $2)
+           FROM pg_catalog.pg_partitioned_table p WHERE p.partrelid = $1",
+        &[relid.into(), column.into()],
+    )
+    .unwrap_or((None, None));
+    let reason = match (strategy.as_deref(), matches) {
+        (None, _) => "it is not partitioned",
+        (Some("l"), _) => "it is partitioned by LIST",
+        (Some("h"), _) => "it is partitioned by HASH",
+        (Some(_), Some(true)) => return Ok(()),
+        (Some(_), _) => "its partition key is not that one column",
+    };
+    Err(ReaperError::NotRangePartitioned {
+        table: table.to_string(),
+        column: column.to_string(),
+        reason: reason.to_string(),
+    })
+}
+
+/// The partitions of `target` whose every possible row is dead now (quoted names), oldest first:
+/// a range partition [from, to) is, when the value just below `to` is dead.
+pub fn dead_partitions(target: &Target) -> Vec<String> {
+    let partitions = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+                        pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+                   FROM pg_catalog.pg_inherits i
+                   JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE i.inhparent = $1 AND c.relispartition
+                  ORDER BY 2",
+                None,
+                &[target.relid.into()],
+            )?
+            .map(|row| Ok((row.get::<String>(1)?, row.get::<String>(2)?)))
+            .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .expect("listing partitions");
+    partitions
+        .into_iter()
+        .filter_map(|(name, bound)| {
+            let upper = upper_bound(bound.as_deref()?)?;
+            all_dead_below(target, upper).then_some(name?)
+        })
+        .collect()
+}
+
+/// The upper bound of a range partition's `FOR VALUES FROM (...) TO (...)` as a SQL literal;
+/// None for the default partition and an unbounded (MAXVALUE) upper end.
+fn upper_bound(bound: &str) -> Option<&str> {
+    let (_, to) = bound.rsplit_once(" TO (")?;
+    let value = to.strip_suffix(')')?;
+    (value != "MAXVALUE").then_some(value)
+}
+
+/// Whether the value just below `upper` (a literal of the column's type) is dead.
+fn all_dead_below(target: &Target, upper: &str) -> bool {
+    let step = match target.kind {
+        crate::target::ColumnKind::Timestamptz | crate::target::ColumnKind::Timestamp => {
+            "'1 microsecond'::interval"
+        }
+        crate::target::ColumnKind::Date | crate::target::ColumnKind::Epoch => "1",
+    };
+    let below = format!("(({upper})::{} - {step})", target.column_type);
+    Spi::get_one::<bool>(&format!("SELECT {}", target.dead_condition_of(&below)))
+        .expect("comparing a partition bound")
+        .unwrap_or(false)
+}
+
+/// Detaches and drops one partition of `target` (its lock waits at most `lock_timeout`).
+pub fn drop_partition(target: &Target, partition: &str) {
+    Spi::run(&format!(
+        "ALTER TABLE {} DETACH PARTITION {partition}",
+        target.qualified()
+    ))
+    .expect("detaching a partition");
+    Spi::run(&format!("DROP TABLE {partition}")).expect("dropping a partition");
+}
