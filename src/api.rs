@@ -34,6 +34,7 @@ fn chosen_targets(relid: Option<pg_sys::Oid>, action: &'static str) -> Vec<Regis
 /// reaper_purge reaps now, in the caller's transaction, with the same rule, lock and history
 /// as the worker. A target that fails is rolled back alone, reported with a WARNING and in
 /// its row, and the others still run.
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
 fn reaper_purge(
     target: Option<pg_sys::Oid>,
