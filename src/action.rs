@@ -10,6 +10,7 @@ use crate::errors::{catch_pg_error, ReaperError};
 use crate::security::as_role;
 use crate::target::Target;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 use std::ffi::CString;
 
 /// A target's action, as loaded for a run.
@@ -120,12 +121,13 @@ pub fn check_archive(
     archive: pg_sys::Oid,
 ) -> Result<(), ReaperError> {
     let problem = Spi::get_one_with_args::<String>(
-        "WITH t AS (SELECT attname, atttypid, pg_catalog.format_type(atttypid, atttypmod) AS type
+        "WITH t AS (SELECT attnum, attname, atttypid, pg_catalog.format_type(atttypid, atttypmod) AS type
                       FROM pg_catalog.pg_attribute
                      WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''),
               a AS (SELECT attname, atttypid, attnotnull, atthasdef, attgenerated
                       FROM pg_catalog.pg_attribute
                      WHERE attrelid = $2 AND attnum > 0 AND NOT attisdropped)
+         SELECT (SELECT problem FROM (
          SELECT CASE
            WHEN $1 = $2 THEN 'it is the table being reaped'
            WHEN (SELECT relkind FROM pg_catalog.pg_class WHERE oid = $2) NOT IN ('r', 'p')
@@ -133,12 +135,13 @@ pub fn check_archive(
            ELSE (SELECT pg_catalog.format('column \"%s\" (%s) is missing from it or has another type', t.attname, t.type)
                    FROM t LEFT JOIN a USING (attname)
                   WHERE a.atttypid IS DISTINCT FROM t.atttypid OR a.attgenerated <> ''
-                  ORDER BY t.attname LIMIT 1)
+                  ORDER BY t.attnum LIMIT 1)
            END
          UNION ALL
          SELECT pg_catalog.format('its column \"%s\" has no default and does not allow NULL', a.attname)
            FROM a WHERE a.attnotnull AND NOT a.atthasdef AND a.attname NOT IN (SELECT attname FROM t)
-         LIMIT 1",
+         ) problems (problem)
+         WHERE problem IS NOT NULL LIMIT 1)",
         &[relid.into(), archive.into()],
     )
     .expect("comparing the archive table");
@@ -176,15 +179,17 @@ pub fn check_update_set(
     owner: pg_sys::Oid,
     set: &str,
 ) -> Result<(), ReaperError> {
-    let bad = |reason: String| ReaperError::BadUpdateSet {
+    let bad = |(code, reason): (PgSqlErrorCode, String)| ReaperError::BadUpdateSet {
         table: table.to_string(),
         reason,
+        code,
     };
     let statement = format!("UPDATE ONLY {qualified} SET {set}\n WHERE false");
     if set.trim().is_empty() || !parses_as_plain_update(&statement) {
-        return Err(bad(
+        return Err(bad((
+            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
             "it is not a single SET list such as 'ended_at = now()'".into(),
-        ));
+        )));
     }
     catch_pg_error(|| {
         as_role(owner, || {
@@ -192,7 +197,7 @@ pub fn check_update_set(
                 .expect("prepare raises its errors as Postgres errors")
         })
     })
-    .map_err(|(_, message)| bad(message))
+    .map_err(bad)
 }
 
 /// True when the parser reads `sql` as exactly one UPDATE with a constant WHERE and no FROM,

@@ -102,6 +102,7 @@ pub enum ReaperError {
     BadUpdateSet {
         table: String,
         reason: String,
+        code: PgSqlErrorCode,
     },
     /// An update that left rows matching the dead condition: every run would update them again.
     UpdateRepeats {
@@ -138,7 +139,7 @@ impl ReaperError {
             Self::ArchiveMissing { .. } => ERRCODE_UNDEFINED_TABLE,
             Self::ArchiveMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
             Self::ArchiveNoInsert { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            Self::BadUpdateSet { .. } => ERRCODE_SYNTAX_ERROR,
+            Self::BadUpdateSet { code, .. } => *code,
             Self::UpdateRepeats { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
             Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
@@ -217,7 +218,7 @@ impl ReaperError {
             Self::ArchiveNoInsert { table, archive, owner } => format!(
                 "role \"{owner}\", owner of table \"{table}\", may not insert into archive table \"{archive}\""
             ),
-            Self::BadUpdateSet { table, reason } => {
+            Self::BadUpdateSet { table, reason, .. } => {
                 format!("invalid update_set for table \"{table}\": {reason}")
             }
             Self::UpdateRepeats { table, rows } => format!(

@@ -29,6 +29,9 @@ mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
+#[cfg(any(test, feature = "pg_test"))]
+mod action_tests;
+
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);

@@ -6,14 +6,14 @@
 use pgrx::prelude::*;
 
 #[pg_schema]
-mod tests {
+pub(crate) mod tests {
     use crate::txn::in_subtransaction;
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode;
     use pgrx::PgSqlErrorCode::*;
 
     /// Runs `sql`, which must fail; returns its SQLSTATE and message.
-    fn error_of(sql: &str) -> (PgSqlErrorCode, String) {
+    pub(crate) fn error_of(sql: &str) -> (PgSqlErrorCode, String) {
         let sql = sql.to_string();
         match in_subtransaction(move || Spi::run(&sql)) {
             Ok(_) => panic!("expected an error"),
@@ -21,18 +21,18 @@ mod tests {
         }
     }
 
-    fn count(sql: &str) -> i64 {
+    pub(crate) fn count(sql: &str) -> i64 {
         Spi::get_one::<i64>(sql)
             .expect("query runs")
             .expect("a count")
     }
 
-    fn run(sql: &str) {
+    pub(crate) fn run(sql: &str) {
         Spi::run(sql).expect("statement runs");
     }
 
     /// The registry, as text, to prove that a failed call changed nothing.
-    fn registry() -> String {
+    pub(crate) fn registry() -> String {
         Spi::get_one::<String>(
             "SELECT coalesce(string_agg(t::text, ';' ORDER BY id), '') FROM reaper_targets t",
         )
@@ -40,14 +40,14 @@ mod tests {
         .unwrap_or_default()
     }
 
-    fn sessions_table() {
+    pub(crate) fn sessions_table() {
         run("CREATE TABLE sessions (id bigserial PRIMARY KEY, token text, pinned bool NOT NULL DEFAULT false,
                                     created_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL)");
     }
 
     /// Registering a bad input fails with `code`, names the table in its message, and leaves the
     /// registry as it was.
-    fn assert_refused(sql: &str, code: PgSqlErrorCode, names: &str) {
+    pub(crate) fn assert_refused(sql: &str, code: PgSqlErrorCode, names: &str) {
         let before = registry();
         let (got, message) = error_of(sql);
         assert_eq!(got, code, "SQLSTATE of {sql}: {message}");
@@ -140,8 +140,8 @@ mod tests {
         );
         assert_refused(
             "SELECT reaper_register('sessions', action => 'archive')",
-            ERRCODE_FEATURE_NOT_SUPPORTED,
-            "archive",
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            "archive_table",
         );
         assert_refused(
             "SELECT reaper_register('sessions', predicate => 'pinned = ')",
