@@ -10,7 +10,7 @@ work=${REGRESS_DIR:-${SR_TMP:-/tmp}/session_reaper_regress}
 cluster_start "$work" "${REGRESS_PORT:-54331}" "reaper.enabled = off"
 createdb reaper_regress
 trap cluster_stop EXIT
-out=$(mktemp -d)
+out=${REGRESS_OUT:-$(mktemp -d)}
 tests=$(cd "$here/regress/sql" && ls *.sql | sed 's/\.sql$//')
 status=0
 "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \

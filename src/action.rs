@@ -50,21 +50,30 @@ impl Action {
     }
 
     /// The data-modifying CTE body that acts on the rows of `table` matching `which`, returning
-    /// one row per row acted on, with one boolean column `again`: whether the row would match
-    /// the dead condition `dead` again (only an update can leave such rows).
+    /// one row per row acted on (an update's rows say whether they match the dead condition
+    /// `dead` again, see [`Action::again`]).
     pub fn modify(&self, table: &str, which: &str, dead: &str) -> String {
         match self {
             Self::Delete | Self::DropPartitions => {
-                format!("DELETE FROM {table} WHERE {which} RETURNING false AS _reaper_again")
+                format!("DELETE FROM {table} WHERE {which} RETURNING 1")
             }
             Self::Archive { columns, .. } => {
-                format!("DELETE FROM {table} WHERE {which} RETURNING false AS _reaper_again, {columns}")
+                format!("DELETE FROM {table} WHERE {which} RETURNING {columns}")
             }
             // The SET list ends its line: a `--` comment in it cannot swallow the WHERE clause
             // (registration refuses any list that would, see check_update_set).
             Self::Update { set } => format!(
                 "UPDATE {table} SET {set}\n WHERE {which} RETURNING (({dead}) IS TRUE) AS _reaper_again"
             ),
+        }
+    }
+
+    /// How many rows of `gone` (the rows acted on) would match again: only an update can
+    /// leave such rows, and every run would then update them again.
+    pub fn again(&self) -> &'static str {
+        match self {
+            Self::Update { .. } => "(SELECT count(*) FILTER (WHERE _reaper_again) FROM gone)",
+            _ => "0::bigint",
         }
     }
 

@@ -115,9 +115,10 @@ impl Cursor {
                     range
                 };
                 format!(
-                    "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {AGAIN} FROM gone",
+                    "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {} FROM gone",
                     action.modify(&table, &format!("{which} AND {dead}"), &dead),
-                    action.follow_up()
+                    action.follow_up(),
+                    action.again()
                 )
             }
             Cursor::Expiry(from) => {
@@ -187,18 +188,15 @@ fn span_for(wanted: f64, limit: i64, rows_per_page: f64) -> u32 {
     wanted.clamp(1.0, most) as u32
 }
 
-/// The statements' last column: how many rows acted on would match again (see Action::modify).
-const AGAIN: &str = "count(*) FILTER (WHERE _reaper_again)";
-
 /// Picks dead rows (by `key`, as `bound` orders and limits them), then acts on those still dead.
 fn pick_and_act(action: &Action, table: &str, dead: &str, key: &str, bound: &str) -> String {
     let which = format!("ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead}");
     format!(
         "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{bound}), \
          gone AS ({}){} \
-         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch), \
-                (SELECT {AGAIN} FROM gone)",
+         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch), {}",
         action.modify(table, &which, dead),
-        action.follow_up()
+        action.follow_up(),
+        action.again()
     )
 }
