@@ -43,7 +43,7 @@ CREATE FUNCTION reaper_register(
     update_set text     DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE c VOLATILE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'reaper_register_wrapper';
+AS 'MODULE_PATHNAME', 'reaper_register_v2_wrapper';
 COMMENT ON FUNCTION reaper_register(regclass, name, text, interval, interval, text, integer, text, text, boolean, regclass, text)
     IS 'session_reaper: reap this table''s expired rows (registering again replaces the rule); returns the target id';
 
@@ -52,7 +52,7 @@ CREATE FUNCTION reaper_purge(target regclass DEFAULT NULL, max_rows bigint DEFAU
 RETURNS TABLE (target regclass, rows_deleted bigint, batches integer, duration interval,
                status text, error text, partitions_dropped integer)
 LANGUAGE c VOLATILE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'reaper_purge_wrapper';
+AS 'MODULE_PATHNAME', 'reaper_purge_v2_wrapper';
 COMMENT ON FUNCTION reaper_purge(regclass, bigint)
     IS 'session_reaper: delete expired rows now, in this transaction (NULL: every enabled target you own)';
 
@@ -64,6 +64,6 @@ RETURNS TABLE (target regclass, column_name text, timezone text, would_delete bi
                statement text, uses_index boolean, index_advice text,
                action text, partitions_to_drop text[])
 LANGUAGE c VOLATILE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'reaper_dry_run_wrapper';
+AS 'MODULE_PATHNAME', 'reaper_dry_run_v2_wrapper';
 COMMENT ON FUNCTION reaper_dry_run(regclass)
     IS 'session_reaper: what a reap would delete, move, update or drop now, and the SQL it would run; changes nothing';

@@ -36,7 +36,7 @@ fn chosen_targets(relid: Option<pg_sys::Oid>, action: &'static str) -> Vec<Regis
 /// its row, and the others still run.
 #[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
-fn reaper_purge(
+fn reaper_purge_v2(
     target: Option<pg_sys::Oid>,
     max_rows: Option<i64>,
 ) -> TableIterator<
@@ -118,7 +118,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
 /// reaper_dry_run says what a reap would remove now and how, deleting nothing.
 #[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
-fn reaper_dry_run(
+fn reaper_dry_run_v2(
     target: Option<pg_sys::Oid>,
 ) -> TableIterator<
     'static,

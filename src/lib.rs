@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod action;
 mod api;
+mod compat;
 mod cursor;
 mod errors;
 mod history;

@@ -274,7 +274,7 @@ fn upsert(table: &Table, opts: &Options, timezone: Option<String>) -> i64 {
 /// reaper_register adds a table to the reaper, or replaces its rule; returns the target id.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn reaper_register(
+fn reaper_register_v2(
     target: pg_sys::Oid,
     column: Option<&CStr>,
     timezone: Option<&str>,

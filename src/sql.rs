@@ -47,7 +47,7 @@ pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The version of the extension's SQL objects in this database, if it is installed.
 pub fn installed_version() -> Option<String> {
     Spi::get_one::<String>(
-        "SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'session_reaper'",
+        "SELECT (SELECT extversion::text FROM pg_catalog.pg_extension WHERE extname = 'session_reaper')",
     )
     .expect("reading pg_extension")
 }

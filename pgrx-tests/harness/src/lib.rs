@@ -217,9 +217,7 @@ fn fresh_dir(name: &str) -> (PathBuf, u16) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create cluster dir");
     if is_root() {
-        let _ = Command::new("chmod")
-            .args(["755", &root])
-            .status();
+        let _ = Command::new("chmod").args(["755", &root]).status();
         Command::new("chown")
             .args(["postgres:", dir.to_str().unwrap()])
             .status()
