@@ -7,7 +7,8 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make)
+# postgresql-15-partman: the drop_partitions tests run on a pg_partman set.
+PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make postgresql-15-partman)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
