@@ -140,7 +140,7 @@ impl ReaperError {
             Self::ArchiveMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
             Self::ArchiveNoInsert { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Self::BadUpdateSet { code, .. } => *code,
-            Self::UpdateRepeats { .. } => ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION,
+            Self::UpdateRepeats { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
