@@ -55,10 +55,10 @@ RETURNS TABLE (target regclass, column_name text, enabled boolean, schedule text
                last_run_at timestamptz, last_status text, last_error text, last_deleted bigint,
                total_deleted bigint, total_runs bigint, total_errors bigint, last_duration interval,
                dead_rows_estimate bigint, oldest_dead_age interval, next_run_at timestamptz,
-               worker_pid integer, worker_state text, current_target regclass)
+               worker_pid integer, worker_state text, current_target regclass, backlog_at timestamptz)
 LANGUAGE c VOLATILE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'reaper_stats_wrapper';
-COMMENT ON FUNCTION reaper_stats() IS 'session_reaper: per target, what the reaper did and what is waiting';
+AS 'MODULE_PATHNAME', 'reaper_stats_v2_wrapper';
+COMMENT ON FUNCTION reaper_stats() IS 'session_reaper: per target, what the reaper did and what its last run left behind';
 
 CREATE FUNCTION reaper_wake() RETURNS boolean
 LANGUAGE c VOLATILE PARALLEL UNSAFE

@@ -36,7 +36,11 @@ CREATE TABLE reaper_state (
     last_duration interval,
     total_deleted bigint NOT NULL DEFAULT 0,
     total_runs    bigint NOT NULL DEFAULT 0,
-    total_errors  bigint NOT NULL DEFAULT 0
+    total_errors  bigint NOT NULL DEFAULT 0,
+    -- Added in 0.2.0: what the last run left behind, measured as it ended (backlog_at).
+    backlog_rows       bigint,
+    oldest_dead_expiry timestamptz,
+    backlog_at         timestamptz
 );
 COMMENT ON TABLE reaper_state IS 'session_reaper: per-target counters, read by reaper_stats()';
 

@@ -12,6 +12,12 @@ ALTER TABLE reaper_target
 
 ALTER TABLE reaper_run ADD COLUMN partitions_dropped integer NOT NULL DEFAULT 0;
 
+-- What the last run left behind, kept so that reaper_stats() plans nothing per target.
+ALTER TABLE reaper_state
+    ADD COLUMN backlog_rows bigint,
+    ADD COLUMN oldest_dead_expiry timestamptz,
+    ADD COLUMN backlog_at timestamptz;
+
 CREATE OR REPLACE VIEW reaper_targets WITH (security_barrier) AS
 SELECT t.id, t.relid AS target, t.column_name, t.timezone, t.grace, t.ttl, t.predicate,
        t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at,
@@ -67,3 +73,14 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_dry_run_v2_wrapper';
 COMMENT ON FUNCTION reaper_dry_run(regclass)
     IS 'session_reaper: what a reap would delete, move, update or drop now, and the SQL it would run; changes nothing';
+
+DROP FUNCTION reaper_stats();
+CREATE FUNCTION reaper_stats()
+RETURNS TABLE (target regclass, column_name text, enabled boolean, schedule text,
+               last_run_at timestamptz, last_status text, last_error text, last_deleted bigint,
+               total_deleted bigint, total_runs bigint, total_errors bigint, last_duration interval,
+               dead_rows_estimate bigint, oldest_dead_age interval, next_run_at timestamptz,
+               worker_pid integer, worker_state text, current_target regclass, backlog_at timestamptz)
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'reaper_stats_v2_wrapper';
+COMMENT ON FUNCTION reaper_stats() IS 'session_reaper: per target, what the reaper did and what its last run left behind';

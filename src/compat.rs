@@ -35,3 +35,9 @@ fn reaper_purge() {
 fn reaper_dry_run() {
     old_objects()
 }
+
+/// reaper_stats of 0.1.0 (eighteen result columns).
+#[pg_extern(sql = false)]
+fn reaper_stats() {
+    old_objects()
+}

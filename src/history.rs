@@ -64,6 +64,13 @@ pub fn record(run: &Run) -> f64 {
         LogHistory::Off => false,
     };
     let schema = ext_schema();
+    // Measured first, as the table's owner: what the run left behind.
+    let backlog = run
+        .target
+        .target
+        .as_ref()
+        .map(crate::backlog::measure)
+        .unwrap_or_default();
     let query = format!(
         "WITH r AS (SELECT gen_random_uuid() AS run_id, to_timestamp($4) AS started_at,
                            clock_timestamp() AS finished_at),
@@ -76,16 +83,18 @@ pub fn record(run: &Run) -> f64 {
          s AS (
            INSERT INTO {schema}.reaper_state AS s
                   (target_id, last_run_at, last_status, last_error, last_deleted, last_duration,
-                   total_deleted, total_runs, total_errors)
+                   total_deleted, total_runs, total_errors, backlog_rows, oldest_dead_expiry, backlog_at)
            SELECT $1, started_at, $7, $8, $5, finished_at - started_at, $5, 1,
-                  ($7 IN ('error', 'timeout'))::int FROM r
+                  ($7 IN ('error', 'timeout'))::int, $12, $13, finished_at FROM r
            ON CONFLICT (target_id) DO UPDATE SET
                   last_run_at = EXCLUDED.last_run_at, last_status = EXCLUDED.last_status,
                   last_error = EXCLUDED.last_error, last_deleted = EXCLUDED.last_deleted,
                   last_duration = EXCLUDED.last_duration,
                   total_deleted = s.total_deleted + EXCLUDED.total_deleted,
                   total_runs = s.total_runs + 1,
-                  total_errors = s.total_errors + EXCLUDED.total_errors)
+                  total_errors = s.total_errors + EXCLUDED.total_errors,
+                  backlog_rows = EXCLUDED.backlog_rows, oldest_dead_expiry = EXCLUDED.oldest_dead_expiry,
+                  backlog_at = EXCLUDED.backlog_at)
          SELECT run_id::text, extract(epoch FROM finished_at - started_at)::float8 * 1000 FROM r"
     );
     let (run_id, took_ms) = as_role(ext_owner(), || {
@@ -103,6 +112,8 @@ pub fn record(run: &Run) -> f64 {
                 keep_history.into(),
                 run.progress.longest_batch.as_secs_f64().into(),
                 run.progress.partitions.into(),
+                backlog.rows.into(),
+                backlog.oldest_expiry.into(),
             ],
         )
     })

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod action;
 mod api;
+mod backlog;
 mod compat;
 mod cursor;
 mod errors;

@@ -87,6 +87,12 @@ impl Registered {
     }
 }
 
+/// A registry query's column for a target's schedule in seconds, when it is an interval
+/// (a cron expression has five fields): see Schedule::of.
+pub const SCHEDULE_SECONDS: &str = "CASE WHEN t.schedule IS NOT NULL
+           AND array_length(regexp_split_to_array(btrim(t.schedule), '\\s+'), 1) <> 5
+          THEN extract(epoch FROM t.schedule::interval)::float8 END";
+
 /// Reads the registry (one table, or all when `relid` is None), joined with the catalog.
 pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
     let query = format!(
@@ -94,9 +100,7 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                 c.relkind::text, t.column_name::text, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod),
                 t.timezone, (t.grace + coalesce(t.ttl, '0'))::text, t.ttl::text, t.predicate,
                 t.batch_size, t.enabled, t.schedule,
-                CASE WHEN t.schedule IS NOT NULL
-                      AND array_length(regexp_split_to_array(btrim(t.schedule), '\\s+'), 1) <> 5
-                     THEN extract(epoch FROM t.schedule::interval)::float8 END,
+                {SCHEDULE_SECONDS},
                                 extract(epoch FROM s.last_run_at)::float8,
                 EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid

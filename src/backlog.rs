@@ -1,0 +1,56 @@
+//! backlog.rs — what a run left behind: how many dead rows remain and when the oldest of them
+//! expired. Measured once at the end of every run (worker or purge) and kept in
+//! `reaper_state`, so `reaper_stats()` reads one row per target and plans nothing: cheap to
+//! scrape with thousands of targets. `reaper_dry_run` counts the live truth when asked.
+
+use crate::security::{as_role, with_settings};
+use crate::target::Target;
+use crate::txn::in_subtransaction;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+
+/// Dead rows are counted exactly up to this many; beyond, the planner's estimate is used.
+const COUNT_UP_TO: i64 = 10_000;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backlog {
+    pub rows: Option<i64>,
+    pub oldest_expiry: Option<TimestampWithTimeZone>,
+}
+
+/// Measures the backlog of `t` now, as its owner. Both figures are NULL when the table cannot
+/// be read right now (a lock held past 100 ms, a changed column): a run is recorded regardless.
+pub fn measure(t: &Target) -> Backlog {
+    let (table, dead) = (t.qualified(), t.dead_condition());
+    let oldest = format!(
+        "SELECT (SELECT {} FROM {table} WHERE {dead} ORDER BY {} LIMIT 1)",
+        t.expiry_expression(),
+        crate::sql::quote_ident(&t.column)
+    );
+    let counted =
+        format!("SELECT count(*) FROM (SELECT FROM {table} WHERE {dead} LIMIT {COUNT_UP_TO}) d");
+    let settings = [
+        ("search_path", t.search_path()),
+        ("lock_timeout", "100ms".to_string()),
+    ];
+    in_subtransaction(|| {
+        with_settings(&settings, || {
+            as_role(t.owner, || {
+                let oldest_expiry =
+                    Spi::get_one::<TimestampWithTimeZone>(&oldest).expect("oldest dead row");
+                let counted = Spi::get_one::<i64>(&counted)
+                    .expect("counting dead rows")
+                    .unwrap_or(0);
+                let rows = match counted {
+                    n if n < COUNT_UP_TO => n,
+                    n => t.dead_rows_estimate().unwrap_or(n).max(n),
+                };
+                Backlog {
+                    rows: Some(rows),
+                    oldest_expiry,
+                }
+            })
+        })
+    })
+    .unwrap_or_default()
+}
