@@ -30,8 +30,12 @@ const TURN_BATCHES: u32 = 10;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How often a long round looks for targets that fell due meanwhile.
 const LOOK_DURING_ROUND: Duration = Duration::from_secs(1);
-/// Longest sleep without looking at the registry (changes also wake the worker at once).
-const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Longest sleep without looking at the registry: only a safety net, since registry changes,
+/// reloads, reaper_wake() and ALTER EXTENSION wake the worker at once. Long, so an idle worker
+/// with a thousand targets costs next to nothing (bench/idle_and_scale.sh).
+const MAX_SLEEP: Duration = Duration::from_secs(300);
+/// How soon the registry is read again after reading it failed.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(60);
 
 /// Entry point of a database worker; its argument is the database's OID.
 #[pg_guard]
@@ -234,7 +238,7 @@ impl Worker {
                         code,
                         &format!("session_reaper: reading the registry: {message}"),
                     );
-                    MAX_SLEEP
+                    RETRY_AFTER_ERROR
                 }
             };
             set_state(WorkerState::Idle, pg_sys::InvalidOid);
