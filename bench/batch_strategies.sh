@@ -5,6 +5,7 @@
 # longest transaction, each relative to the single DELETE.
 #
 #   bash bench/batch_strategies.sh [ROWS]      # default 2,000,000 rows, half expired
+#   STRATEGIES="single reaper:10000 reaper:40000" bash bench/batch_strategies.sh   # a subset
 #
 # The table is the one MEASUREMENTS.md describes: sessions(id, user_id, token, data jsonb,
 # created_at, expires_at), ~256 bytes a row, indexed on expires_at and user_id, in cache.
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
 source scripts/cluster.sh
-cluster_start "${BENCH_DIR:-/tmp/session_reaper_bench}" "${BENCH_PORT:-54340}" \
+cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}" "${BENCH_PORT:-54340}" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
   "reaper.interval = '1h'" "reaper.batch_delay = 0" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
@@ -43,6 +44,9 @@ SQL
 fill() {
   cluster_psql -q <<SQL
 DROP TABLE IF EXISTS sessions;
+-- The previous contender's target and runs: each reaper contender reads only its own.
+DELETE FROM reaper_target;
+TRUNCATE reaper_run;
 CREATE TABLE sessions (id bigserial PRIMARY KEY, user_id bigint NOT NULL, token text NOT NULL,
                        data jsonb NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
 INSERT INTO sessions (user_id, token, data, created_at, expires_at)
@@ -67,10 +71,10 @@ pk_cte="WITH b AS (SELECT id FROM sessions WHERE expires_at < now() LIMIT 10000 
 # reaper_run lets session_reaper's worker clear the backlog (registering wakes it) and records
 # its run from the history, which has the run's longest batch (= longest transaction).
 reaper_run() {
-  cluster_psql -q <<'SQL'
+  cluster_psql -q <<SQL
 DROP TABLE IF EXISTS mark;
 CREATE TABLE mark AS SELECT pg_current_wal_insert_lsn() AS lsn;
-SELECT reaper_register('sessions', batch_size => 10000);
+SELECT reaper_register('sessions', batch_size => $1);
 SQL
   for _ in $(seq 1 6000); do
     done_runs=$(cluster_psql -qAt -c "SELECT count(*) FROM reaper_history WHERE trigger = 'worker' AND rows > 0")
@@ -78,18 +82,19 @@ SQL
     sleep 0.1
   done
   [ "$done_runs" -gt 0 ] || { echo "the worker did not finish within 10 minutes" >&2; exit 1; }
-  cluster_psql -q -c "INSERT INTO results SELECT 'reaper', rows, batches, extract(epoch FROM duration),
+  cluster_psql -q -c "INSERT INTO results SELECT 'reaper batch $1', rows, batches, extract(epoch FROM duration),
       pg_current_wal_insert_lsn() - (SELECT lsn FROM mark), extract(epoch FROM longest_batch) * 1000
     FROM reaper_history WHERE trigger = 'worker' AND rows > 0"
 }
 
-for strategy in single skip_locked pk_cte reaper; do
+# STRATEGIES picks the contenders; reaper:N is session_reaper's worker with batch_size N.
+for strategy in ${STRATEGIES:-single skip_locked pk_cte reaper:10000}; do
   fill
   case $strategy in
     single) cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)" ;;
     skip_locked) cluster_psql -q -c "CALL run_batches('skip_locked', \$\$$skip_locked\$\$, 10000)" ;;
     pk_cte) cluster_psql -q -c "CALL run_batches('pk_cte', \$\$$pk_cte\$\$, 10000)" ;;
-    reaper) reaper_run ;;
+    reaper:*) reaper_run "${strategy#reaper:}" ;;
   esac
   left=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now() - interval '1 minute'")
   [ "$left" -eq 0 ] || { echo "$strategy left $left expired rows" >&2; exit 1; }

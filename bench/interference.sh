@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# interference.sh — what each way of clearing a backlog does to the application's traffic.
+# A pgbench session-store workload (4 clients: 85% lookups, 10% refreshes, 5% inserts, all on
+# live rows) runs for DURATION seconds on the MEASUREMENTS.md sessions table (ROWS rows, half
+# expired); START seconds in, one contender starts clearing the expired half. Prints, per
+# contender, the clearing time and rate, and the foreground's tps and p50/p99/max latency
+# before and during the clearing, each against the same run's "before" and the no-cleanup
+# baseline; writes per-second series for bench/plot.sh.
+#
+#   bash bench/interference.sh [ROWS] [DURATION]          # default 2,000,000 rows, 40 s
+#   CONTENDERS="none reaper" bash bench/interference.sh   # a subset
+#
+# Contenders: none (baseline), delete (one DELETE from psql, as cron scripts do), cron (the same
+# DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
+# UPDATE SKIP LOCKED, a commit each, as careful apps write), reaper (session_reaper's worker
+# with its defaults), reaper_fast (batch_delay 0, batch_size 40000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-2000000} DURATION=${2:-40} START=5
+CONTENDERS=${CONTENDERS:-none delete cron loop reaper reaper_fast}
+OUT=${OUT:-${SR_TMP:-/tmp}/session_reaper_interference}
+mkdir -p "$OUT"
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+
+# pg_cron in the Postgres under test (a private copy gets the package's files).
+if [ ! -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then
+  dpkg-query -W -f='${Status}' postgresql-15-cron 2>/dev/null | grep -q 'install ok installed' ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-cron >/dev/null; }
+  cp /usr/lib/postgresql/15/lib/pg_cron.so "$("$PG_CONFIG" --pkglibdir)/" 2>/dev/null || true
+  cp /usr/share/postgresql/15/extension/pg_cron* "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true
+fi
+
+source scripts/cluster.sh
+cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
+  "shared_preload_libraries = 'session_reaper,pg_cron'" "cron.database_name = 'postgres'" \
+  "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
+  "reaper.interval = '1h'" "reaper.analyze_after = 0"
+trap cluster_stop EXIT
+cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron"
+
+fill() {
+  cluster_psql -q <<SQL
+DROP TABLE IF EXISTS sessions;
+DELETE FROM reaper_target;
+TRUNCATE reaper_run;
+CREATE TABLE sessions (id bigserial PRIMARY KEY, user_id bigint NOT NULL, token text NOT NULL,
+                       data jsonb NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
+INSERT INTO sessions (user_id, token, data, created_at, expires_at)
+SELECT g % 50000, md5(g::text) || md5((g * 7)::text),
+       jsonb_build_object('ua', repeat('x', 60), 'ip', '10.0.0.1', 'n', g),
+       now() - interval '2 days',
+       CASE WHEN g % 2 = 0 THEN now() - (g % 86400) * interval '1 second'
+            ELSE now() + interval '1 hour' + (g % 86400) * interval '1 second' END
+  FROM generate_series(1, $ROWS) g;
+CREATE INDEX ON sessions (expires_at);
+CREATE INDEX ON sessions (user_id);
+VACUUM ANALYZE sessions;
+SELECT count(*) FROM sessions;
+CHECKPOINT;
+SQL
+}
+
+# The foreground: live rows have odd ids.
+scripts=$(mktemp -d)
+chmod 755 "$scripts"
+[ "$(id -u)" -ne 0 ] || chown postgres "$scripts"   # pgbench runs as postgres and logs here
+cat > "$scripts/lookup.sql" <<'SQL'
+\set id 2 * random(1, :live) - 1
+SELECT token, data FROM sessions WHERE id = :id;
+SQL
+cat > "$scripts/refresh.sql" <<'SQL'
+\set id 2 * random(1, :live) - 1
+UPDATE sessions SET expires_at = now() + interval '1 hour' WHERE id = :id;
+SQL
+cat > "$scripts/insert.sql" <<'SQL'
+\set u random(1, 50000)
+INSERT INTO sessions (user_id, token, data, created_at, expires_at)
+VALUES (:u, md5(random()::text), '{"ua": "bench"}', now(), now() + interval '1 hour');
+SQL
+
+now_s() { date +%s.%N; }
+dead() { cluster_psql -At -c "SELECT count(*) FROM sessions WHERE expires_at < now()"; }
+
+# clear CONTENDER: clears the expired rows; prints "start end rows" (Unix seconds).
+clear() {
+  local start rows
+  case $1 in
+    none) start=$(now_s); echo "$start $start 0" ;;
+    delete)
+      start=$(now_s)
+      rows=$(cluster_psql -At -c "WITH d AS (DELETE FROM sessions WHERE expires_at < now() RETURNING 1) SELECT count(*) FROM d")
+      echo "$start $(now_s) $rows" ;;
+    cron)
+      cluster_psql -q -c "SELECT cron.schedule('reap', '* * * * *', 'DELETE FROM sessions WHERE expires_at < now()')" >/dev/null
+      until [ "$(cluster_psql -At -c "SELECT count(*) FROM cron.job_run_details WHERE status IN ('succeeded', 'failed')")" -gt 0 ]; do sleep 0.2; done
+      cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM start_time), extract(epoch FROM end_time),
+                                        regexp_replace(return_message, '\\D', '', 'g')
+                                   FROM cron.job_run_details ORDER BY runid DESC LIMIT 1"
+      cluster_psql -q -c "SELECT cron.unschedule('reap')" -c "DELETE FROM cron.job_run_details" >/dev/null ;;
+    loop)
+      start=$(now_s)
+      rows=0
+      while true; do
+        n=$(cluster_psql -At -c "WITH d AS (DELETE FROM sessions WHERE ctid = ANY (ARRAY(
+              SELECT ctid FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED)) RETURNING 1)
+              SELECT count(*) FROM d")
+        rows=$((rows + n))
+        [ "$n" -lt 10000 ] && break
+      done
+      echo "$start $(now_s) $rows" ;;
+    reaper|reaper_fast)
+      if [ "$1" = reaper_fast ]; then
+        cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
+        cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => 40000)" >/dev/null
+      else
+        cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null
+      fi
+      until [ "$(cluster_psql -At -c "SELECT count(*) FROM reaper_history WHERE rows > 0")" -gt 0 ]; do sleep 0.2; done
+      cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
+                                   FROM reaper_history WHERE rows > 0"
+      cluster_psql -q -c "ALTER SYSTEM RESET reaper.batch_delay" -c "SELECT pg_reload_conf()" >/dev/null
+      ;;
+  esac
+}
+
+echo -e "contender\tstart\tend\trows\tbegan" > "$OUT/clearing.tsv"
+for contender in $CONTENDERS; do
+  echo "== $contender"
+  fill >/dev/null
+  log=$OUT/pgbench_$contender
+  rm -f "$scripts"/pgb_"$contender".*
+  if [ "$contender" = cron ]; then
+    # pg_cron fires on the minute: begin the workload START seconds before the next one.
+    sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
+  fi
+  as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 4 -j 2 -T "$DURATION" -D live=$((ROWS / 2)) \
+    -l --log-prefix="$scripts/pgb_$contender" \
+    -f "$scripts/lookup.sql@85" -f "$scripts/refresh.sql@10" -f "$scripts/insert.sql@5" postgres >/dev/null 2>&1 &
+  bench=$!
+  began=$(now_s)
+  [ "$contender" = cron ] || sleep "$START"
+  read -r start end rows < <(clear "$contender")
+  wait "$bench"
+  cat "$scripts"/pgb_"$contender".* > "$log.log"
+  echo -e "$contender\t$start\t$end\t$rows\t$began" >> "$OUT/clearing.tsv"
+  left=$(dead)
+  [ "$contender" = none ] || [ "$left" -lt 1000 ] || echo "   ($left expired rows left)"
+done
+
+python3 bench/interference_report.py "$OUT" "$DURATION" | tee bench/last_interference.txt
+cp "$OUT"/interference_*.png bench/ 2>/dev/null || true
