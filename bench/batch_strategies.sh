@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
 source scripts/cluster.sh
+source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}" "${BENCH_PORT:-54340}" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
   "reaper.interval = '1h'" "reaper.batch_delay = 0" "reaper.analyze_after = 0"
@@ -41,28 +42,6 @@ BEGIN
 END $$;
 SQL
 
-fill() {
-  cluster_psql -q <<SQL
-DROP TABLE IF EXISTS sessions;
--- The previous contender's target and runs: each reaper contender reads only its own.
-DELETE FROM reaper_target;
-TRUNCATE reaper_run;
-CREATE TABLE sessions (id bigserial PRIMARY KEY, user_id bigint NOT NULL, token text NOT NULL,
-                       data jsonb NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
-INSERT INTO sessions (user_id, token, data, created_at, expires_at)
-SELECT g % 50000, md5(g::text) || md5((g * 7)::text),
-       jsonb_build_object('ua', repeat('x', 60), 'ip', '10.0.0.1', 'n', g),
-       now() - interval '2 days',
-       CASE WHEN g % 2 = 0 THEN now() - (g % 86400) * interval '1 second'
-            ELSE now() + interval '1 hour' + (g % 86400) * interval '1 second' END
-  FROM generate_series(1, $ROWS) g;
-CREATE INDEX ON sessions (expires_at);
-CREATE INDEX ON sessions (user_id);
-VACUUM ANALYZE sessions;
-SELECT count(*) FROM sessions;  -- warm the cache
-CHECKPOINT;
-SQL
-}
 
 single="DELETE FROM sessions WHERE expires_at < now()"
 skip_locked="DELETE FROM sessions WHERE ctid = ANY (ARRAY(SELECT ctid FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED))"
@@ -89,7 +68,7 @@ SQL
 
 # STRATEGIES picks the contenders; reaper:N is session_reaper's worker with batch_size N.
 for strategy in ${STRATEGIES:-single skip_locked pk_cte reaper:10000}; do
-  fill
+  fill_sessions "$ROWS"
   case $strategy in
     single) cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)" ;;
     skip_locked) cluster_psql -q -c "CALL run_batches('skip_locked', \$\$$skip_locked\$\$, 10000)" ;;

@@ -31,6 +31,7 @@ if [ ! -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then
 fi
 
 source scripts/cluster.sh
+source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
   "shared_preload_libraries = 'session_reaper,pg_cron'" "cron.database_name = 'postgres'" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
@@ -38,27 +39,6 @@ cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" 
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron"
 
-fill() {
-  cluster_psql -q <<SQL
-DROP TABLE IF EXISTS sessions;
-DELETE FROM reaper_target;
-TRUNCATE reaper_run;
-CREATE TABLE sessions (id bigserial PRIMARY KEY, user_id bigint NOT NULL, token text NOT NULL,
-                       data jsonb NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL);
-INSERT INTO sessions (user_id, token, data, created_at, expires_at)
-SELECT g % 50000, md5(g::text) || md5((g * 7)::text),
-       jsonb_build_object('ua', repeat('x', 60), 'ip', '10.0.0.1', 'n', g),
-       now() - interval '2 days',
-       CASE WHEN g % 2 = 0 THEN now() - (g % 86400) * interval '1 second'
-            ELSE now() + interval '1 hour' + (g % 86400) * interval '1 second' END
-  FROM generate_series(1, $ROWS) g;
-CREATE INDEX ON sessions (expires_at);
-CREATE INDEX ON sessions (user_id);
-VACUUM ANALYZE sessions;
-SELECT count(*) FROM sessions;
-CHECKPOINT;
-SQL
-}
 
 # The foreground: live rows have odd ids.
 scripts=$(mktemp -d)
@@ -126,7 +106,7 @@ clear() {
 echo -e "contender\tstart\tend\trows\tbegan" > "$OUT/clearing.tsv"
 for contender in $CONTENDERS; do
   echo "== $contender"
-  fill >/dev/null
+  fill_sessions "$ROWS"
   log=$OUT/pgbench_$contender
   rm -f "$scripts"/pgb_"$contender".*
   if [ "$contender" = cron ]; then

@@ -6,8 +6,7 @@
 //! cursor's batch and the target's dead-row condition (cursor.rs), so the expiry re-check that
 //! keeps refreshed rows alive is the same for all of them.
 
-use crate::errors::{catch_pg_error, ReaperError};
-use crate::security::as_role;
+use crate::errors::ReaperError;
 use crate::target::Target;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -200,13 +199,7 @@ pub fn check_update_set(
             "it is not a single SET list such as 'ended_at = now()'".into(),
         )));
     }
-    catch_pg_error(|| {
-        as_role(owner, || {
-            Spi::connect(|client| client.prepare(statement.as_str(), &[]).map(|_| ()))
-                .expect("prepare raises its errors as Postgres errors")
-        })
-    })
-    .map_err(bad)
+    crate::predicate::plans_as(owner, &statement).map_err(bad)
 }
 
 /// True when the parser reads `sql` as exactly one UPDATE with a constant WHERE and no FROM,
@@ -215,25 +208,17 @@ fn parses_as_plain_update(sql: &str) -> bool {
     let Ok(sql) = CString::new(sql) else {
         return false;
     };
-    catch_pg_error(|| unsafe {
-        // SAFETY: raw_parse reads a valid C string and returns a palloc'd parse tree, which is
-        // only read here, within the current memory context.
-        let list = crate::predicate::raw_parse(&sql);
-        if list.is_null() || (*list).length != 1 {
-            return false;
-        }
-        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
-        let stmt = (*raw).stmt;
-        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_UpdateStmt) {
-            return false;
-        }
-        let update = &*(stmt as *mut pg_sys::UpdateStmt);
-        update.fromClause.is_null()
-            && update.returningList.is_null()
-            && update.withClause.is_null()
-            && pgrx::is_a(update.whereClause, pg_sys::NodeTag::T_A_Const)
-    })
-    .unwrap_or(false)
+    crate::predicate::parses_as(
+        &sql,
+        pg_sys::NodeTag::T_UpdateStmt,
+        |update: &pg_sys::UpdateStmt| {
+            update.fromClause.is_null()
+                && update.returningList.is_null()
+                && update.withClause.is_null()
+                // SAFETY: is_a reads only the node's tag.
+            && unsafe { pgrx::is_a(update.whereClause, pg_sys::NodeTag::T_A_Const) }
+        },
+    )
 }
 
 /// A table range-partitioned by exactly its expiry column, or why not.

@@ -35,14 +35,43 @@ pub fn validate(
     if !parses_as_one_condition(predicate).map_err(&bad)? {
         return Err(syntax("it is not a single SQL expression"));
     }
-    let probe = format!("SELECT 1 FROM {qualified} WHERE ({predicate}) IS TRUE");
+    plans_as(
+        owner,
+        &format!("SELECT 1 FROM {qualified} WHERE ({predicate}) IS TRUE"),
+    )
+    .map_err(&bad)
+}
+
+/// Plans `sql` as `owner`, which catches unknown columns, wrong types and objects the owner
+/// may not read; the error is returned, not raised.
+pub(crate) fn plans_as(owner: pg_sys::Oid, sql: &str) -> Result<(), (PgSqlErrorCode, String)> {
     catch_pg_error(|| {
         as_role(owner, || {
-            Spi::connect(|client| client.prepare(probe.as_str(), &[]).map(|_| ()))
+            Spi::connect(|client| client.prepare(sql, &[]).map(|_| ()))
                 .expect("prepare raises its errors as Postgres errors")
         })
     })
-    .map_err(&bad)
+}
+
+/// Whether Postgres' parser reads `sql` as exactly one statement of node type `tag` that
+/// passes `check`; text that does not parse is false.
+pub(crate) fn parses_as<T>(
+    sql: &CString,
+    tag: pg_sys::NodeTag,
+    check: impl FnOnce(&T) -> bool,
+) -> bool {
+    catch_pg_error(std::panic::AssertUnwindSafe(|| unsafe {
+        // SAFETY: raw_parse reads a valid C string and returns a palloc'd parse tree, which is
+        // only read here, within the current memory context; `tag` says the node is a T.
+        let list = raw_parse(sql);
+        if list.is_null() || (*list).length != 1 {
+            return false;
+        }
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        let stmt = (*raw).stmt;
+        pgrx::is_a(stmt, tag) && check(&*(stmt as *mut T))
+    }))
+    .unwrap_or(false)
 }
 
 /// True when the parser sees exactly `SELECT WHERE <one IS TRUE test>`.
@@ -53,38 +82,34 @@ fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, Str
             "it contains a NUL byte".to_string(),
         )
     })?;
-    catch_pg_error(|| unsafe {
-        // SAFETY: raw_parser reads a valid C string and returns a palloc'd parse tree, which is
-        // only read here, within the current memory context.
-        let list = raw_parse(&sql);
-        if list.is_null() || (*list).length != 1 {
-            return false;
-        }
-        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
-        let stmt = (*raw).stmt;
-        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_SelectStmt) {
-            return false;
-        }
-        let select = &*(stmt as *mut pg_sys::SelectStmt);
-        let only_where = select.distinctClause.is_null()
-            && select.intoClause.is_null()
-            && select.targetList.is_null()
-            && select.fromClause.is_null()
-            && select.groupClause.is_null()
-            && select.havingClause.is_null()
-            && select.windowClause.is_null()
-            && select.valuesLists.is_null()
-            && select.sortClause.is_null()
-            && select.limitOffset.is_null()
-            && select.limitCount.is_null()
-            && select.lockingClause.is_null()
-            && select.withClause.is_null()
-            && select.op == pg_sys::SetOperation::SETOP_NONE;
-        let test = select.whereClause;
-        only_where
-            && pgrx::is_a(test, pg_sys::NodeTag::T_BooleanTest)
-            && (*(test as *mut pg_sys::BooleanTest)).booltesttype == pg_sys::BoolTestType::IS_TRUE
-    })
+    Ok(parses_as(
+        &sql,
+        pg_sys::NodeTag::T_SelectStmt,
+        |select: &pg_sys::SelectStmt| {
+            let only_where = select.distinctClause.is_null()
+                && select.intoClause.is_null()
+                && select.targetList.is_null()
+                && select.fromClause.is_null()
+                && select.groupClause.is_null()
+                && select.havingClause.is_null()
+                && select.windowClause.is_null()
+                && select.valuesLists.is_null()
+                && select.sortClause.is_null()
+                && select.limitOffset.is_null()
+                && select.limitCount.is_null()
+                && select.lockingClause.is_null()
+                && select.withClause.is_null()
+                && select.op == pg_sys::SetOperation::SETOP_NONE;
+            let test = select.whereClause;
+            // SAFETY: a BooleanTest node is read only after its tag says it is one.
+            only_where
+                && unsafe {
+                    pgrx::is_a(test, pg_sys::NodeTag::T_BooleanTest)
+                        && (*(test as *mut pg_sys::BooleanTest)).booltesttype
+                            == pg_sys::BoolTestType::IS_TRUE
+                }
+        },
+    ))
 }
 
 /// Postgres' raw parser on one string; its tree lives in the current memory context.
