@@ -21,7 +21,8 @@ trap cluster_stop EXIT
 
 cluster_psql -q <<'SQL'
 CREATE EXTENSION session_reaper;
-CREATE TABLE results (strategy text, rows bigint, batches int, seconds float8, wal_bytes numeric, longest_ms float8);
+CREATE TABLE results (strategy text, rows bigint, batches int, seconds float8, wal_bytes numeric, longest_ms float8,
+                      table_after bigint, indexes_after bigint, table_vacuumed bigint, indexes_vacuumed bigint);
 -- run_batches executes one batch statement until it deletes fewer rows than a full batch,
 -- committing after each, and records rows, batches and the longest batch.
 CREATE PROCEDURE run_batches(strategy text, stmt text, batch int) LANGUAGE plpgsql AS $$
@@ -77,6 +78,11 @@ for strategy in ${STRATEGIES:-single skip_locked pk_cte reaper:10000}; do
   esac
   left=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now() - interval '1 minute'")
   [ "$left" -eq 0 ] || { echo "$strategy left $left expired rows" >&2; exit 1; }
+  # What the table and its indexes weigh right after, and after a plain VACUUM.
+  cluster_psql -q -c "UPDATE results SET table_after = pg_table_size('sessions'), indexes_after = pg_indexes_size('sessions')
+                       WHERE table_after IS NULL" -c "VACUUM sessions" \
+    -c "UPDATE results SET table_vacuumed = pg_table_size('sessions'), indexes_vacuumed = pg_indexes_size('sessions')
+         WHERE table_vacuumed IS NULL"
 done
 
 echo
@@ -85,6 +91,8 @@ cluster_psql -P footer=off <<'SQL'
 SELECT r.strategy, r.rows, r.batches, round((r.rows / r.seconds)::numeric) AS rows_per_s,
        round(((r.rows / r.seconds) / (s.rows / s.seconds))::numeric, 2) AS rows_per_s_vs_delete,
        pg_size_pretty(r.wal_bytes) AS wal, round(r.wal_bytes / s.wal_bytes, 2) AS wal_vs_delete,
-       round(r.longest_ms::numeric, 1) AS longest_txn_ms
+       round(r.longest_ms::numeric, 1) AS longest_txn_ms,
+       pg_size_pretty(r.table_after) || ' + ' || pg_size_pretty(r.indexes_after) AS size_after,
+       pg_size_pretty(r.table_vacuumed) || ' + ' || pg_size_pretty(r.indexes_vacuumed) AS after_vacuum
   FROM results r, results s WHERE s.strategy = 'single' ORDER BY r.strategy <> 'single', r.strategy;
 SQL
