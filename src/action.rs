@@ -53,9 +53,7 @@ impl Action {
     /// `dead` again, see [`Action::again`]).
     pub fn modify(&self, table: &str, which: &str, dead: &str) -> String {
         match self {
-            Self::Delete | Self::DropPartitions => {
-                format!("DELETE FROM {table} WHERE {which} RETURNING 1")
-            }
+            Self::Delete | Self::DropPartitions => format!("{} RETURNING 1", delete(table, which)),
             Self::Archive { columns, .. } => {
                 format!("DELETE FROM {table} WHERE {which} RETURNING {columns}")
             }
@@ -85,6 +83,11 @@ impl Action {
             _ => String::new(),
         }
     }
+}
+
+/// The DELETE of the rows of `table` matching `which`.
+pub fn delete(table: &str, which: &str) -> String {
+    format!("DELETE FROM {table} WHERE {which}")
 }
 
 /// The target's column list for an archive: every stored column, quoted, in table order.
@@ -193,7 +196,7 @@ pub fn check_update_set(
         code,
     };
     let statement = format!("UPDATE ONLY {qualified} SET {set}\n WHERE false");
-    if set.trim().is_empty() || !parses_as_plain_update(&statement) {
+    if set.trim().is_empty() || !parses_as_plain_update(&statement).map_err(bad)? {
         return Err(bad((
             PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
             "it is not a single SET list such as 'ended_at = now()'".into(),
@@ -202,20 +205,23 @@ pub fn check_update_set(
     crate::predicate::plans_as(owner, &statement).map_err(bad)
 }
 
-/// True when the parser reads `sql` as exactly one UPDATE with a constant WHERE and no FROM,
-/// RETURNING or WITH.
-fn parses_as_plain_update(sql: &str) -> bool {
-    let Ok(sql) = CString::new(sql) else {
-        return false;
-    };
+/// Whether the parser reads `sql` as exactly one UPDATE with a constant WHERE and no FROM,
+/// RETURNING or WITH; the parser's error for text that does not parse.
+fn parses_as_plain_update(sql: &str) -> Result<bool, (PgSqlErrorCode, String)> {
+    let sql = CString::new(sql).map_err(|_| {
+        (
+            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "it contains a NUL byte".to_string(),
+        )
+    })?;
     crate::predicate::parses_as(
         &sql,
         pg_sys::NodeTag::T_UpdateStmt,
         |update: &pg_sys::UpdateStmt| {
             update.fromClause.is_null()
-                && update.returningList.is_null()
-                && update.withClause.is_null()
-                // SAFETY: is_a reads only the node's tag.
+            && update.returningList.is_null()
+            && update.withClause.is_null()
+            // SAFETY: is_a reads only the node's tag.
             && unsafe { pgrx::is_a(update.whereClause, pg_sys::NodeTag::T_A_Const) }
         },
     )

@@ -91,8 +91,9 @@ impl Cursor {
     }
 
     /// The statement of the next batch of rows. It returns (rows acted on, rows picked, the
-    /// largest expiry value picked as text, rows an update left matching); page batches pick
-    /// nothing. With `skip_locked`, rows another transaction holds locked are left for a later
+    /// largest expiry value picked as text, rows an update left matching), except a page batch
+    /// that deletes, which is a plain DELETE (its row count is the rows acted on); page batches
+    /// pick nothing. With `skip_locked`, rows another transaction holds locked are left for a later
     /// run instead of waited for.
     pub fn statement(&self, target: &Target, limit: i64, skip_locked: bool) -> String {
         let table = target.qualified();
@@ -114,12 +115,20 @@ impl Cursor {
                 } else {
                     range
                 };
-                format!(
-                    "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {} FROM gone",
-                    action.modify(&table, &format!("{which} AND {dead}"), &dead),
-                    action.follow_up(),
-                    action.again()
-                )
+                let which = format!("{which} AND {dead}");
+                match action {
+                    // The common case, as plain as one big DELETE: its row count is the
+                    // statement's own (a RETURNING CTE cost ~20% more per row, measured).
+                    Action::Delete | Action::DropPartitions => {
+                        crate::action::delete(&table, &which)
+                    }
+                    _ => format!(
+                        "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {} FROM gone",
+                        action.modify(&table, &which, &dead),
+                        action.follow_up(),
+                        action.again()
+                    ),
+                }
             }
             Cursor::Expiry(from) => {
                 let col = quote_ident(&target.column);

@@ -54,12 +54,12 @@ pub(crate) fn plans_as(owner: pg_sys::Oid, sql: &str) -> Result<(), (PgSqlErrorC
 }
 
 /// Whether Postgres' parser reads `sql` as exactly one statement of node type `tag` that
-/// passes `check`; text that does not parse is false.
+/// passes `check`; the parser's error for text that does not parse.
 pub(crate) fn parses_as<T>(
     sql: &CString,
     tag: pg_sys::NodeTag,
     check: impl FnOnce(&T) -> bool,
-) -> bool {
+) -> Result<bool, (PgSqlErrorCode, String)> {
     catch_pg_error(std::panic::AssertUnwindSafe(|| unsafe {
         // SAFETY: raw_parse reads a valid C string and returns a palloc'd parse tree, which is
         // only read here, within the current memory context; `tag` says the node is a T.
@@ -71,7 +71,6 @@ pub(crate) fn parses_as<T>(
         let stmt = (*raw).stmt;
         pgrx::is_a(stmt, tag) && check(&*(stmt as *mut T))
     }))
-    .unwrap_or(false)
 }
 
 /// True when the parser sees exactly `SELECT WHERE <one IS TRUE test>`.
@@ -82,7 +81,7 @@ fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, Str
             "it contains a NUL byte".to_string(),
         )
     })?;
-    Ok(parses_as(
+    parses_as(
         &sql,
         pg_sys::NodeTag::T_SelectStmt,
         |select: &pg_sys::SelectStmt| {
@@ -109,7 +108,7 @@ fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, Str
                             == pg_sys::BoolTestType::IS_TRUE
                 }
         },
-    ))
+    )
 }
 
 /// Postgres' raw parser on one string; its tree lives in the current memory context.

@@ -104,7 +104,12 @@ pub fn delete_batch(
             }
             let statement = cursor.statement(target, limit, locked == Locked::Skip);
             let (deleted, picked, last_key, again) = Spi::connect_mut(|client| {
-                let row = client.update(statement.as_str(), Some(1), &[])?.first();
+                let table = client.update(statement.as_str(), None, &[])?;
+                if table.columns().is_err() {
+                    // A plain DELETE (see Cursor::statement): it returns its row count only.
+                    return Ok((table.len() as i64, 0, None, 0));
+                }
+                let row = table.first();
                 Ok::<_, pgrx::spi::Error>((
                     row.get::<i64>(1)?.unwrap_or(0),
                     row.get::<i64>(2)?.unwrap_or(0),
