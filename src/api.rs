@@ -105,6 +105,8 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
             }
         },
     };
+    // A purge that spent its max_rows may have stopped before the last dead row.
+    let complete = status == Status::Ok && max_rows.is_none_or(|max| progress.rows < max);
     Run {
         target: registered,
         trigger: "manual",
@@ -112,6 +114,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
         progress,
         status,
         error,
+        complete,
     }
 }
 

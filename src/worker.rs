@@ -376,6 +376,7 @@ fn look(woken: bool) -> Look {
 
 /// Records a finished run, logs it, and ANALYZEs the table after a large share went.
 fn finish(running: Running, end: TurnEnd) -> bool {
+    let complete = matches!(end, TurnEnd::Done);
     let (status, error) = match end {
         TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork => (Status::Ok, None),
         TurnEnd::Skipped => (
@@ -397,6 +398,7 @@ fn finish(running: Running, end: TurnEnd) -> bool {
         progress: running.progress,
         status,
         error,
+        complete,
     };
     let recorded = in_transaction(|| pinned(|| history::record(&run)));
     if let Err((code, message)) = &recorded {
