@@ -16,7 +16,7 @@
 # with its defaults), reaper_fast (batch_delay 0, batch_size 40000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROWS=${1:-2000000} DURATION=${2:-40} START=5
+ROWS=${1:-2000000} DURATION=${2:-40} START=10
 CONTENDERS=${CONTENDERS:-none delete cron loop reaper reaper_fast}
 OUT=${OUT:-${SR_TMP:-/tmp}/session_reaper_interference}
 mkdir -p "$OUT"

@@ -3,8 +3,10 @@
 
 Reads OUT/clearing.tsv (per contender: when clearing started and ended, rows, when pgbench
 began) and OUT/pgbench_<contender>.log (pgbench's per-transaction log: client, txn, latency us,
-script, epoch s, us). Prints one row per contender; writes OUT/interference_tps.png and
-OUT/interference_p99.png (per-second series, time 0 = clearing started) when matplotlib is there.
+script, epoch s, us). Per contender: the clearing's time and rate, and the foreground before it
+(from second 1 to its start) and during it; "vs baseline" compares with the no-cleanup run over
+the same seconds of its workload. Writes OUT/interference_tps.png and OUT/interference_p99.png
+(per-second series, time 0 = clearing started) when matplotlib is there.
 """
 import csv
 import sys
@@ -21,54 +23,43 @@ def pct(values, p):
 
 
 runs = list(csv.DictReader(open(out / "clearing.tsv"), delimiter="\t"))
-series = {}
-rows = []
-base = None
+txns_of = {}
 for run in runs:
-    c = run["contender"]
-    start, end, began = float(run["start"]), float(run["end"]), float(run["began"])
-    end = max(end, start + 1.0)  # a window of at least a second
-    txns = []
-    for line in open(out / f"pgbench_{c}.log"):
-        f = line.split()
-        txns.append((int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1000.0))
-    before = [lat for t, lat in txns if began <= t < start]
-    during = [lat for t, lat in txns if start <= t <= end]
-    after = [lat for t, lat in txns if t > end]
-    r = {
-        "contender": c,
-        "clear_s": float(run["end"]) - start,
-        "rows": int(run["rows"] or 0),
-        "tps_before": len(before) / max(start - began, 1e-9),
-        "tps_during": len(during) / (end - start),
-        "p50": pct(during, 0.5),
-        "p99": pct(during, 0.99),
-        "max": max(during, default=float("nan")),
-        "p99_before": pct(before, 0.99),
-        "total": len(txns),
-        "tps_after": len(after) / max(began + duration - end, 1e-9),
-    }
-    if c == "none":
-        base = r
-    rows.append(r)
-    per_second = {}
-    for t, lat in txns:
-        per_second.setdefault(int(t - start), []).append(lat)
-    series[c] = sorted(per_second.items())
+    c, began = run["contender"], float(run["began"])
+    txns_of[c] = sorted(
+        ((int(f[4]) + int(f[5]) / 1e6 - began, int(f[2]) / 1000.0)
+         for f in (line.split() for line in open(out / f"pgbench_{c}.log"))))
 
-head = ("contender", "clear s", "rows/s", "tps before", "tps during", "tps after", "p50 ms",
-        "p99 ms", "max ms", "p99 vs before", "tps vs baseline", "txns lost vs baseline")
+
+def window(c, lo, hi):
+    """Latencies (ms) of contender c's transactions that ended between lo and hi seconds."""
+    return [lat for t, lat in txns_of[c] if lo <= t < hi]
+
+
+head = ("contender", "clear s", "rows/s", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
+        "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline")
 print(" | ".join(head))
 print(" | ".join("---" for _ in head))
-for r in rows:
-    rate = r["rows"] / r["clear_s"] if r["clear_s"] > 0 else 0
-    base_tps = base["total"] / duration if base else float("nan")
+series = {}
+for run in runs:
+    c, began = run["contender"], float(run["began"])
+    lo, hi = float(run["start"]) - began, float(run["end"]) - began
+    hi = max(hi, lo + 1.0)  # a window of at least a second
+    before, during = window(c, 1.0, lo), window(c, lo, hi)
+    rate = int(run["rows"] or 0) / (hi - lo) if c != "none" else 0
+    base = window("none", lo, hi) if "none" in txns_of else during
+    lost = len(txns_of["none"]) - len(txns_of[c]) if "none" in txns_of else 0
     print(" | ".join([
-        r["contender"], f"{r['clear_s']:.2f}", f"{rate:,.0f}", f"{r['tps_before']:,.0f}",
-        f"{r['tps_during']:,.0f}", f"{r['tps_after']:,.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}",
-        f"{r['max']:.1f}", f"{r['p99'] / r['p99_before']:.2f}",
-        f"{r['tps_during'] / base_tps:.2f}", f"{base['total'] - r['total'] if base else 0:,}",
+        c, f"{float(run['end']) - float(run['start']):.2f}", f"{rate:,.0f}",
+        f"{len(before) / max(lo - 1.0, 1e-9):,.0f}", f"{len(during) / (hi - lo):,.0f}",
+        f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{max(during, default=0):.1f}",
+        f"{pct(during, 0.99) / pct(before, 0.99):.2f}", f"{pct(during, 0.99) / pct(base, 0.99):.2f}",
+        f"{len(during) / max(len(base), 1):.2f}", f"{lost:,}",
     ]))
+    per_second = {}
+    for t, lat in txns_of[c]:
+        per_second.setdefault(int(t - lo), []).append(lat)
+    series[c] = sorted(per_second.items())
 
 try:
     import matplotlib
