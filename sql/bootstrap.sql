@@ -25,6 +25,8 @@ COMMENT ON TABLE reaper_target IS 'session_reaper: registered targets (use reape
 CREATE TABLE reaper_state (
     target_id     bigint PRIMARY KEY REFERENCES reaper_target (id) ON DELETE CASCADE,
     last_run_at   timestamptz,
+    -- When the last run that ended 'ok' started: "seconds since the last success" for alerts.
+    last_success_at timestamptz,
     last_status   text CHECK (last_status IN ('ok', 'error', 'timeout', 'skipped')),
     last_error    text,
     last_deleted  bigint,

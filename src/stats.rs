@@ -26,6 +26,7 @@ fn reaper_stats() -> TableIterator<
         name!(enabled, bool),
         name!(schedule, Option<String>),
         name!(last_run_at, Option<TimestampWithTimeZone>),
+        name!(last_success_at, Option<TimestampWithTimeZone>),
         name!(last_status, Option<String>),
         name!(last_error, Option<String>),
         name!(last_deleted, Option<i64>),
@@ -49,7 +50,8 @@ fn reaper_stats() -> TableIterator<
         let query = format!(
             "SELECT t.id, t.relid::oid, t.column_name::text, t.enabled, t.schedule, s.last_run_at,
                     s.last_status, s.last_error, s.last_deleted, coalesce(s.total_deleted, 0),
-                    coalesce(s.total_runs, 0), coalesce(s.total_errors, 0), s.last_duration
+                    coalesce(s.total_runs, 0), coalesce(s.total_errors, 0), s.last_duration,
+                    s.last_success_at
                FROM {schema}.reaper_target t
                LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
               WHERE {schema}.reaper_can_see(t.relid, $1)
@@ -77,6 +79,7 @@ fn reaper_stats() -> TableIterator<
                         row.get(4)?.unwrap_or(false),
                         row.get(5)?,
                         row.get(6)?,
+                        row.get(14)?,
                         row.get(7)?,
                         row.get(8)?,
                         row.get(9)?,

@@ -191,15 +191,9 @@ impl Cluster {
 
     /// Sends a signal to a server process (as root, or as the owner).
     pub fn signal(&self, pid: i32, signal: &str) {
-        let status = if is_root() {
-            Command::new("kill")
-                .args([&format!("-{signal}"), &pid.to_string()])
-                .status()
-        } else {
-            Command::new("kill")
-                .args([&format!("-{signal}"), &pid.to_string()])
-                .status()
-        };
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
         assert!(
             status.map(|s| s.success()).unwrap_or(false),
             "kill -{signal} {pid}"
@@ -217,9 +211,7 @@ fn fresh_dir(name: &str) -> (PathBuf, u16) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create cluster dir");
     if is_root() {
-        let _ = Command::new("chmod")
-            .args(["755", &root])
-            .status();
+        let _ = Command::new("chmod").args(["755", &root]).status();
         Command::new("chown")
             .args(["postgres:", dir.to_str().unwrap()])
             .status()
