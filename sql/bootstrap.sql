@@ -20,6 +20,7 @@ CREATE TABLE reaper_target (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE reaper_target IS 'session_reaper: registered targets (use reaper_register, not DML)';
+COMMENT ON SEQUENCE reaper_target_id_seq IS 'session_reaper: target ids (reaper_register returns them)';
 
 -- What each target's runs have added up to. Not dumped: counters start again after a restore.
 CREATE TABLE reaper_state (
