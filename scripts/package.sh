@@ -7,9 +7,9 @@
 #
 # The package holds what `cargo pgrx package` puts into Postgres' library and extension
 # directories, placed where Debian's postgresql-15 looks (/usr/lib/postgresql/15/lib and
-# /usr/share/postgresql/15/extension), plus the README, the exporter query file and the alert
-# rules under /usr/share/doc/postgresql-15-session-reaper/. Version from Cargo.toml,
-# architecture from `dpkg --print-architecture`, Depends: postgresql-15.
+# /usr/share/postgresql/15/extension); the README in /usr/share/doc/postgresql-15-session-reaper;
+# the exporter query file and the alert rules in /usr/share/postgresql-15-session-reaper.
+# Version from Cargo.toml, architecture from `dpkg --print-architecture`, Depends: postgresql-15.
 #
 # PG_CONFIG is the Postgres 15 to build against (default Debian's). When it is a copy elsewhere
 # (a private tree for parallel work), its directories are mapped onto Debian's.
@@ -50,10 +50,10 @@ while IFS= read -r -d '' file; do
   install -D -m 0644 "$file" "$root$dest"
 done < <(find "$tree" -type f -print0)
 
-doc=$root/usr/share/doc/$name
-install -D -m 0644 README.md "$doc/README.md"
-install -D -m 0644 contrib/postgres_exporter.yaml "$doc/examples/postgres_exporter.yaml"
-install -D -m 0644 contrib/alerts.yml "$doc/examples/alerts.yml"
+install -D -m 0644 README.md "$root/usr/share/doc/$name/README.md"
+# Files the exporter and Prometheus read: not under /usr/share/doc, which minimal images drop.
+install -D -m 0644 contrib/postgres_exporter.yaml "$root/usr/share/$name/postgres_exporter.yaml"
+install -D -m 0644 contrib/alerts.yml "$root/usr/share/$name/alerts.yml"
 
 mkdir -p "$root/DEBIAN"
 cat >"$root/DEBIAN/control" <<CONTROL

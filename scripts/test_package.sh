@@ -75,7 +75,8 @@ dpkg-query -W -f='${Status} ${Version}' "$PACKAGE" | grep -qx "install ok instal
 files=$(dpkg -L "$PACKAGE" | while read -r f; do [ -f "$f" ] && echo "$f"; done)
 lib=$("$SYSTEM_PG_CONFIG" --pkglibdir)
 ext=$("$SYSTEM_PG_CONFIG" --sharedir)/extension
-for want in "$lib/session_reaper.so" "$ext/session_reaper.control" "$ext/session_reaper--$version.sql"; do
+for want in "$lib/session_reaper.so" "$ext/session_reaper.control" "$ext/session_reaper--$version.sql" \
+  "/usr/share/$PACKAGE/postgres_exporter.yaml" "/usr/share/$PACKAGE/alerts.yml"; do
   grep -qx "$want" <<<"$files" || fail "the package does not install $want"
 done
 grep -qx "default_version = '$version'" "$ext/session_reaper.control" ||
