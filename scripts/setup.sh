@@ -24,10 +24,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   # The tests start the exporter themselves, on a port of their own; the packaged service
-  # (started by its postinst where systemd runs) is not wanted on a build machine.
-  if [[ " ${missing[*]} " == *" prometheus-postgres-exporter "* ]] && [ -d /run/systemd/system ]; then
-    as_root systemctl disable --now prometheus-postgres-exporter.service >/dev/null 2>&1 ||
-      echo "setup: could not stop prometheus-postgres-exporter.service (not needed by the tests)"
+  # (which its postinst starts) is not wanted on a build machine.
+  if [[ " ${missing[*]} " == *" prometheus-postgres-exporter "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now prometheus-postgres-exporter.service >/dev/null 2>&1 ||
+        echo "setup: could not stop prometheus-postgres-exporter.service (the tests do not need it)"
+    elif [ -x /etc/init.d/prometheus-postgres-exporter ]; then
+      as_root /etc/init.d/prometheus-postgres-exporter stop >/dev/null 2>&1 ||
+        echo "setup: could not stop /etc/init.d/prometheus-postgres-exporter (the tests do not need it)"
+    fi
   fi
 fi
 
