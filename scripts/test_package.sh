@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # test_package.sh — the packages a DBA installs, end to end on this machine's own Postgres 15:
 # META.json and the versions, then the .deb from scripts/package.sh: `dpkg -i` into Debian's
-# postgresql-15, a throwaway cluster run by Debian's own binaries (not $PG_CONFIG's), CREATE
-# EXTENSION, register + purge + reaper_stats(), the worker running, `dpkg -r`, and the files gone.
+# postgresql-15; a throwaway cluster run by Debian's own binaries (not $PG_CONFIG's) set up and
+# torn down the way the README's "Installing" and "Removing it" say: shared_preload_libraries by
+# ALTER SYSTEM and a restart, CREATE EXTENSION, register + purge + reaper_stats(), the worker;
+# DROP EXTENSION, the library out of shared_preload_libraries, `dpkg -r`, the files gone, and the
+# server still starts.
 # Needs root or sudo (dpkg). Ends with "package tests: N passed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,9 +86,22 @@ grep -qx "default_version = '$version'" "$ext/session_reaper.control" ||
   fail "the control file's default_version is not $version"
 check "dpkg -i installs $(wc -l <<<"$files") files, among them $lib/session_reaper.so and $ext/session_reaper.control"
 
-echo "== a cluster of Debian's Postgres 15 with the packaged extension"
-cluster_start "$cluster_dir" "${PACKAGE_PORT:-54332}"
+echo "== a cluster of Debian's Postgres 15, set up as the README's \"Installing\" says"
+# Started without the library first, to do what a DBA does on an existing server.
+cluster_start "$cluster_dir" "${PACKAGE_PORT:-54332}" "shared_preload_libraries = ''"
 [ "$(cluster_psql -qAt -c "SHOW data_directory")" = "$cluster_dir/data" ] || fail "cluster"
+restart() {
+  as_pg "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -m fast -w restart >/dev/null ||
+    { cat "$CLUSTER_DIR/server.log"; fail "the cluster did not restart"; }
+}
+if refused=$(cluster_psql -c "CREATE EXTENSION session_reaper" 2>&1); then
+  fail "CREATE EXTENSION worked without shared_preload_libraries"
+fi
+grep -q "must be loaded via shared_preload_libraries" <<<"$refused" || fail "unexpected: $refused"
+check "without shared_preload_libraries, CREATE EXTENSION is refused with: $(grep -o 'session_reaper must.*' <<<"$refused")"
+
+cluster_psql -q -c "ALTER SYSTEM SET shared_preload_libraries = 'session_reaper'"
+restart
 cluster_psql -q <<'SQL'
 CREATE EXTENSION session_reaper;
 CREATE TABLE sessions (id bigserial PRIMARY KEY, token text NOT NULL, expires_at timestamptz NOT NULL);
@@ -97,7 +113,7 @@ INSERT INTO sessions (token, expires_at)
 SQL
 [ "$(cluster_psql -qAt -c "SELECT extversion FROM pg_extension WHERE extname = 'session_reaper'")" = "$version" ] ||
   fail "CREATE EXTENSION did not install version $version"
-check "CREATE EXTENSION session_reaper on $("$SYSTEM_PG_CONFIG" --bindir)/postgres"
+check "ALTER SYSTEM SET shared_preload_libraries, restart, CREATE EXTENSION on $("$SYSTEM_PG_CONFIG" --bindir)/postgres"
 
 dead=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now()")
 live=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at >= now()")
@@ -110,16 +126,29 @@ stats=$(cluster_psql -qAt -c "SELECT total_deleted || ' ' || total_runs || ' ' |
 [ "$stats" = "$dead 1 ok" ] || fail "reaper_stats() says '$stats' after purging $dead rows"
 check "register + purge deleted the $dead expired rows and kept the $live live ones; reaper_stats() agrees"
 
-for _ in $(seq 1 100); do
-  workers=$(cluster_psql -qAt -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'")
-  [ "$workers" -eq 1 ] && break
-  sleep 0.1
-done
-[ "$workers" -eq 1 ] || fail "no session_reaper worker started from the packaged library"
+# workers_are N: polls (10 s at most) until this database has N session_reaper workers.
+workers_are() {
+  local workers=
+  for _ in $(seq 1 100); do
+    workers=$(cluster_psql -qAt -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'")
+    [ "$workers" -eq "$1" ] && return 0
+    sleep 0.1
+  done
+  echo "session_reaper workers: $workers, expected $1" >&2
+  return 1
+}
+workers_are 1 || fail "no session_reaper worker started from the packaged library"
 check "the packaged library's background worker runs in the database"
-cluster_stop
 
-echo "== dpkg -r"
+echo "== removal, as the README's \"Removing it\" says"
+cluster_psql -q -c "DROP EXTENSION session_reaper"
+workers_are 0 || fail "the worker stayed after DROP EXTENSION"
+# RESET, not SET ... = '': Postgres would store that as one library named "" and not start.
+cluster_psql -q -c "ALTER SYSTEM RESET shared_preload_libraries"
+restart
+[ -z "$(cluster_psql -qAt -c "SHOW shared_preload_libraries")" ] || fail "shared_preload_libraries is not empty"
+
+cluster_stop
 as_root dpkg -r "$PACKAGE" >/dev/null
 if dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -q 'installed'; then
   fail "$PACKAGE is still installed"
@@ -127,6 +156,12 @@ fi
 while read -r f; do
   [ ! -e "$f" ] || fail "$f is still there after dpkg -r"
 done <<<"$files"
-check "dpkg -r removes the package and all $(wc -l <<<"$files") of its files"
+check "DROP EXTENSION, ALTER SYSTEM RESET shared_preload_libraries, restart, dpkg -r: all $(wc -l <<<"$files") files gone"
+
+as_pg "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_DIR/server.log" -w start >/dev/null ||
+  { cat "$CLUSTER_DIR/server.log"; fail "the server does not start after the removal"; }
+[ "$(cluster_psql -qAt -c "SELECT count(*) FROM sessions")" = "$live" ] || fail "the table changed"
+check "the server starts without the package and the reaped table keeps its $live rows"
+cluster_stop
 
 echo "package tests: $passed passed"
