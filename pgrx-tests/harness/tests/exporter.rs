@@ -91,9 +91,9 @@ impl Drop for Exporter {
     }
 }
 
-/// The value of `name` in a scrape for the series whose labels include every one of `labels`.
-fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = scrape
+/// The values of `name` in a scrape for the series whose labels include every one of `labels`.
+fn series(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    scrape
         .lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter(|l| {
@@ -107,7 +107,12 @@ fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .parse()
                 .unwrap_or_else(|e| panic!("{l}: not a number: {e}"))
         })
-        .collect();
+        .collect()
+}
+
+/// The value of the one series of `name` with `labels` in a scrape.
+fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = series(scrape, name, labels);
     assert_eq!(
         found.len(),
         1,
@@ -292,5 +297,25 @@ fn the_exporter_reports_what_reaper_stats_says() {
         "the exporter reports reaper.enabled = off",
         Duration::from_secs(30),
         || metric(&exporter.scrape(), "session_reaper_worker_enabled", &worker) == 0.0,
+    );
+
+    // A restart that lost session_reaper from shared_preload_libraries: no worker, the
+    // per-target query fails, and the SessionReaperNotRunning condition holds.
+    db.batch_execute("ALTER SYSTEM RESET reaper.enabled")
+        .unwrap();
+    db.batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        .unwrap();
+    drop(db);
+    pg.pg_ctl(&["restart", "-w", "-m", "fast"]);
+    wait_until(
+        "the exporter reports no worker, with the reaper meant to run",
+        Duration::from_secs(60),
+        || {
+            exporter.get("/metrics").is_some_and(|scrape| {
+                series(&scrape, "session_reaper_worker_running", &worker) == [0.0]
+                    && series(&scrape, "session_reaper_worker_enabled", &worker) == [1.0]
+                    && series(&scrape, "session_reaper_runs_total", &worker).is_empty()
+            })
+        },
     );
 }
