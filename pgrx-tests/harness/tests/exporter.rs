@@ -23,9 +23,9 @@ struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the exporter against `dbname` of `pg` over its unix socket, as `user`, on a free
-    /// loopback port, and waits until it answers HTTP.
-    fn start(pg: &Cluster, dbname: &str, user: &str) -> Exporter {
+    /// Starts the exporter against `dbname` of `pg` over its unix socket, as `user`, with
+    /// `args`, on a free loopback port, and waits until it answers HTTP.
+    fn start(pg: &Cluster, dbname: &str, user: &str, args: &[&str]) -> Exporter {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -39,6 +39,7 @@ impl Exporter {
         let child = Command::new(EXPORTER)
             .arg(format!("--extend.query-path={QUERIES}"))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(args)
             .env("DATA_SOURCE_NAME", dsn)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("exporter log"))
@@ -95,7 +96,7 @@ impl Drop for Exporter {
 fn series(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
     scrape
         .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .filter(|l| {
             labels
                 .iter()
@@ -230,7 +231,7 @@ fn the_exporter_reports_what_reaper_stats_says() {
     )
     .unwrap();
 
-    let exporter = Exporter::start(&pg, "postgres", "prometheus");
+    let exporter = Exporter::start(&pg, "postgres", "prometheus", &[]);
     let targets = ["public.sessions", "public.tokens", "public.codes"];
     let before: Vec<Stats> = targets.iter().map(|t| stats(&mut db, t)).collect();
     let scrape = exporter.scrape();
@@ -279,6 +280,12 @@ fn the_exporter_reports_what_reaper_stats_says() {
     assert!(codes.errors > 0.0 && codes.deleted == 0.0);
     assert!(sessions.estimate > 0.0 && sessions.oldest_dead_age > 0.0);
 
+    assert_eq!(
+        series(&scrape, "pg_exporter_last_scrape_error", &[]),
+        [0.0],
+        "the monitoring role's scrape had no error\n{}",
+        std::fs::read_to_string(&exporter.log).unwrap_or_default()
+    );
     let worker = [("datname", "postgres")];
     assert_eq!(
         metric(&scrape, "session_reaper_worker_running", &worker),
@@ -317,5 +324,93 @@ fn the_exporter_reports_what_reaper_stats_says() {
                     && series(&scrape, "session_reaper_runs_total", &worker).is_empty()
             })
         },
+    );
+}
+
+#[test]
+fn one_exporter_covers_the_databases_it_is_told_to_discover() {
+    // The README's set-up for several databases: --auto-discover-databases with
+    // --include-databases naming those with the extension (in `plain` the queries would fail).
+    let pg = Cluster::start("exporter_discover", &["reaper.interval = '1h'"]);
+    let mut postgres = pg.connect("postgres");
+    for name in ["app", "other", "plain"] {
+        postgres
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+    }
+    let mut dbs: Vec<(&str, postgres::Client)> =
+        ["app", "other"].map(|name| (name, pg.connect(name))).into();
+    for (i, (_, db)) in dbs.iter_mut().enumerate() {
+        db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+        sessions_table(db, "sessions", 100 * (i as i64 + 1), 10);
+        db.batch_execute("SELECT reaper_register('sessions')")
+            .unwrap();
+    }
+    for (name, db) in dbs.iter_mut() {
+        wait_until(
+            &format!("the worker of {name} reaped its sessions"),
+            Duration::from_secs(60),
+            || {
+                count(
+                    db,
+                    "SELECT count(*) FROM reaper_stats() WHERE total_runs > 0 AND worker_state = 'idle'",
+                ) == 1
+            },
+        );
+    }
+
+    let exporter = Exporter::start(
+        &pg,
+        "app",
+        "postgres",
+        &["--auto-discover-databases", "--include-databases=app,other"],
+    );
+    let scrape = exporter.scrape();
+    for (name, db) in dbs.iter_mut() {
+        let labels = [("datname", *name), ("target", "public.sessions")];
+        let (deleted, runs) = {
+            let row = db
+                .query_one(
+                    "SELECT total_deleted::float8, total_runs::float8 FROM reaper_stats()",
+                    &[],
+                )
+                .unwrap();
+            (row.get::<_, f64>(0), row.get::<_, f64>(1))
+        };
+        assert!(deleted > 0.0, "{name} had rows reaped");
+        assert_eq!(
+            metric(&scrape, "session_reaper_rows_deleted_total", &labels),
+            deleted,
+            "{name}"
+        );
+        assert_eq!(
+            metric(&scrape, "session_reaper_runs_total", &labels),
+            runs,
+            "{name}"
+        );
+        assert_eq!(
+            metric(
+                &scrape,
+                "session_reaper_worker_running",
+                &[("datname", *name)]
+            ),
+            1.0,
+            "{name}"
+        );
+    }
+    assert!(
+        series(
+            &scrape,
+            "session_reaper_worker_running",
+            &[("datname", "plain")]
+        )
+        .is_empty(),
+        "a database left out of --include-databases is not queried"
+    );
+    assert_eq!(
+        series(&scrape, "pg_exporter_last_scrape_error", &[]),
+        [0.0],
+        "the scrape had no error\n{}",
+        std::fs::read_to_string(&exporter.log).unwrap_or_default()
     );
 }
