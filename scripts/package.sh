@@ -56,11 +56,14 @@ install -D -m 0644 contrib/postgres_exporter.yaml "$root/usr/share/$name/postgre
 install -D -m 0644 contrib/alerts.yml "$root/usr/share/$name/alerts.yml"
 
 mkdir -p "$root/DEBIAN"
+# md5sums lets `dpkg --verify postgresql-15-session-reaper` check the installed files.
+(cd "$root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | sort -z | xargs -0 md5sum) \
+  >"$root/DEBIAN/md5sums"
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: $name
 Version: $version
 Architecture: $arch
-Maintainer: session_reaper maintainers <root@localhost>
+Maintainer: ${DEB_MAINTAINER:-session_reaper maintainers <root@localhost>}
 Section: database
 Priority: optional
 Depends: postgresql-$major

@@ -84,7 +84,8 @@ for want in "$lib/session_reaper.so" "$ext/session_reaper.control" "$ext/session
 done
 grep -qx "default_version = '$version'" "$ext/session_reaper.control" ||
   fail "the control file's default_version is not $version"
-check "dpkg -i installs $(wc -l <<<"$files") files, among them $lib/session_reaper.so and $ext/session_reaper.control"
+verify=$(dpkg --verify "$PACKAGE" 2>&1) && [ -z "$verify" ] || fail "dpkg --verify: $verify"
+check "dpkg -i installs $(wc -l <<<"$files") files (dpkg --verify agrees), among them $lib/session_reaper.so and $ext/session_reaper.control"
 
 echo "== a cluster of Debian's Postgres 15, set up as the README's \"Installing\" says"
 # Started without the library first, to do what a DBA does on an existing server.
