@@ -8,7 +8,9 @@ set -euo pipefail
 PGRX_VERSION=0.18.1
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 # postgresql-15-partman: the drop_partitions tests run on a pg_partman set.
-PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make postgresql-15-partman)
+# prometheus-postgres-exporter: the exporter test runs its binary; python3 validates META.json.
+PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make
+  postgresql-15-partman prometheus-postgres-exporter python3)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -22,6 +24,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The tests start the exporter themselves, on a port of their own; the packaged service
+  # (which its postinst starts) is not wanted on a build machine.
+  if [[ " ${missing[*]} " == *" prometheus-postgres-exporter "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now prometheus-postgres-exporter.service >/dev/null 2>&1 ||
+        echo "setup: could not stop prometheus-postgres-exporter.service (the tests do not need it)"
+    elif [ -x /etc/init.d/prometheus-postgres-exporter ]; then
+      as_root /etc/init.d/prometheus-postgres-exporter stop >/dev/null 2>&1 ||
+        echo "setup: could not stop /etc/init.d/prometheus-postgres-exporter (the tests do not need it)"
+    fi
+  fi
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then

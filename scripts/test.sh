@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test.sh — every test session_reaper has, from a fresh machine: set-up, formatting and lints,
-# the in-crate #[pg_test]s, the pg_regress cases and the real-cluster harness. Exits non-zero
-# when anything fails and ends with one summary line.
+# the in-crate #[pg_test]s, the packages (META.json, the .deb), the pg_regress cases and the
+# real-cluster harness. Exits non-zero when anything fails and ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --features "pg15 pg_test" --tests -- -D warnings
+echo "== the harness crate: cargo fmt --check, cargo clippy"
+(cd pgrx-tests/harness && cargo fmt --check && cargo clippy --tests -- -D warnings)
 
 echo "== #[pg_test]s (cargo pgrx test)"
 if [ "$(id -u)" -eq 0 ]; then
@@ -25,6 +27,12 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 cargo pgrx test pg15 2>&1 | tee "$log"
 unit=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
+
+echo "== packages: META.json and the .deb on the system's Postgres 15 (scripts/test_package.sh)"
+# Before the install below: the package test installs and then removes the Debian package from
+# /usr/lib/postgresql/15, which the install into $PG_CONFIG puts back in CI.
+bash scripts/test_package.sh 2>&1 | tee "$log"
+package=$(grep -Eo 'package tests: [0-9]+ passed' "$log" | grep -Eo '[0-9]+')
 
 echo "== install into the local Postgres 15"
 sudo_flag=()
@@ -39,4 +47,4 @@ echo "== real-cluster harness (pgrx-tests/harness)"
 (cd pgrx-tests/harness && cargo test -- --test-threads=2) 2>&1 | tee "$log"
 harness=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
 
-echo "tests: $((unit + regress + harness)) passed, 0 failed"
+echo "tests: $((unit + package + regress + harness)) passed, 0 failed"

@@ -52,7 +52,8 @@ COMMENT ON FUNCTION reaper_dry_run(regclass)
 
 CREATE FUNCTION reaper_stats()
 RETURNS TABLE (target regclass, column_name text, enabled boolean, schedule text,
-               last_run_at timestamptz, last_status text, last_error text, last_deleted bigint,
+               last_run_at timestamptz, last_success_at timestamptz, last_status text,
+               last_error text, last_deleted bigint,
                total_deleted bigint, total_runs bigint, total_errors bigint, last_duration interval,
                dead_rows_estimate bigint, oldest_dead_age interval, next_run_at timestamptz,
                worker_pid integer, worker_state text, current_target regclass, backlog_at timestamptz)

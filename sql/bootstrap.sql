@@ -25,6 +25,7 @@ CREATE TABLE reaper_target (
     CONSTRAINT reaper_target_update_set_check CHECK ((action = 'update') = (update_set IS NOT NULL))
 );
 COMMENT ON TABLE reaper_target IS 'session_reaper: registered targets (use reaper_register, not DML)';
+COMMENT ON SEQUENCE reaper_target_id_seq IS 'session_reaper: target ids (reaper_register returns them)';
 
 -- What each target's runs have added up to. Not dumped: counters start again after a restore.
 CREATE TABLE reaper_state (
@@ -37,10 +38,12 @@ CREATE TABLE reaper_state (
     total_deleted bigint NOT NULL DEFAULT 0,
     total_runs    bigint NOT NULL DEFAULT 0,
     total_errors  bigint NOT NULL DEFAULT 0,
-    -- Added in 0.2.0: what the last run left behind, measured as it ended (backlog_at).
+    -- Added in 0.2.0: what the last run left behind, measured as it ended (backlog_at), and
+    -- when the last run that ended 'ok' started ("seconds since the last success" for alerts).
     backlog_rows       bigint,
     oldest_dead_expiry timestamptz,
-    backlog_at         timestamptz
+    backlog_at         timestamptz,
+    last_success_at    timestamptz
 );
 COMMENT ON TABLE reaper_state IS 'session_reaper: per-target counters, read by reaper_stats()';
 

@@ -12,11 +12,16 @@ ALTER TABLE reaper_target
 
 ALTER TABLE reaper_run ADD COLUMN partitions_dropped integer NOT NULL DEFAULT 0;
 
--- What the last run left behind, kept so that reaper_stats() plans nothing per target.
+-- What the last run left behind, kept so that reaper_stats() plans nothing per target, and
+-- when the last successful run started, for "seconds since the last success" alerts.
 ALTER TABLE reaper_state
     ADD COLUMN backlog_rows bigint,
     ADD COLUMN oldest_dead_expiry timestamptz,
-    ADD COLUMN backlog_at timestamptz;
+    ADD COLUMN backlog_at timestamptz,
+    ADD COLUMN last_success_at timestamptz;
+UPDATE reaper_state SET last_success_at = last_run_at WHERE last_status = 'ok';
+
+COMMENT ON SEQUENCE reaper_target_id_seq IS 'session_reaper: target ids (reaper_register returns them)';
 
 -- reaper_can_see says whether a role may see targets of this table: it may read it (owners and
 -- members of the owning role can), or, for a table that no longer exists, it is a superuser
@@ -90,7 +95,8 @@ COMMENT ON FUNCTION reaper_dry_run(regclass)
 DROP FUNCTION reaper_stats();
 CREATE FUNCTION reaper_stats()
 RETURNS TABLE (target regclass, column_name text, enabled boolean, schedule text,
-               last_run_at timestamptz, last_status text, last_error text, last_deleted bigint,
+               last_run_at timestamptz, last_success_at timestamptz, last_status text,
+               last_error text, last_deleted bigint,
                total_deleted bigint, total_runs bigint, total_errors bigint, last_duration interval,
                dead_rows_estimate bigint, oldest_dead_age interval, next_run_at timestamptz,
                worker_pid integer, worker_state text, current_target regclass, backlog_at timestamptz)

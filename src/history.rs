@@ -89,12 +89,16 @@ pub fn record(run: &Run) -> f64 {
                   make_interval(secs => $10), $7, $8, $11 FROM r WHERE $9),
          s AS (
            INSERT INTO {schema}.reaper_state AS s
-                  (target_id, last_run_at, last_status, last_error, last_deleted, last_duration,
-                   total_deleted, total_runs, total_errors, backlog_rows, oldest_dead_expiry, backlog_at)
-           SELECT $1, started_at, $7, $8, $5, finished_at - started_at, $5, 1,
-                  ($7 IN ('error', 'timeout'))::int, $12, $13, finished_at FROM r
+                  (target_id, last_run_at, last_success_at, last_status, last_error, last_deleted,
+                   last_duration, total_deleted, total_runs, total_errors, backlog_rows,
+                   oldest_dead_expiry, backlog_at)
+           SELECT $1, started_at, CASE WHEN $7 = 'ok' THEN started_at END, $7, $8, $5,
+                  finished_at - started_at, $5, 1, ($7 IN ('error', 'timeout'))::int, $12, $13,
+                  finished_at FROM r
            ON CONFLICT (target_id) DO UPDATE SET
-                  last_run_at = EXCLUDED.last_run_at, last_status = EXCLUDED.last_status,
+                  last_run_at = EXCLUDED.last_run_at,
+                  last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
+                  last_status = EXCLUDED.last_status,
                   last_error = EXCLUDED.last_error, last_deleted = EXCLUDED.last_deleted,
                   last_duration = EXCLUDED.last_duration,
                   total_deleted = s.total_deleted + EXCLUDED.total_deleted,

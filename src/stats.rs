@@ -24,6 +24,7 @@ fn reaper_stats_v2() -> TableIterator<
         name!(enabled, bool),
         name!(schedule, Option<String>),
         name!(last_run_at, Option<TimestampWithTimeZone>),
+        name!(last_success_at, Option<TimestampWithTimeZone>),
         name!(last_status, Option<String>),
         name!(last_error, Option<String>),
         name!(last_deleted, Option<i64>),
@@ -48,7 +49,7 @@ fn reaper_stats_v2() -> TableIterator<
                     s.last_status, s.last_error, s.last_deleted, coalesce(s.total_deleted, 0),
                     coalesce(s.total_runs, 0), coalesce(s.total_errors, 0), s.last_duration,
                     s.backlog_rows, now() - s.oldest_dead_expiry, s.backlog_at,
-                    {SCHEDULE_SECONDS}, extract(epoch FROM s.last_run_at)::float8
+                    {SCHEDULE_SECONDS}, extract(epoch FROM s.last_run_at)::float8, s.last_success_at
                FROM {schema}.reaper_target t
                LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
               WHERE {schema}.reaper_can_see(t.relid, $1)
@@ -74,6 +75,7 @@ fn reaper_stats_v2() -> TableIterator<
                         enabled,
                         schedule,
                         row.get(5)?,
+                        row.get(18)?,
                         row.get(6)?,
                         row.get(7)?,
                         row.get(8)?,

@@ -572,6 +572,24 @@ pub(crate) mod tests {
     }
 
     #[pg_test]
+    fn last_success_at_is_kept_when_a_later_run_fails() {
+        run("CREATE TABLE tokens (id int, expires_at timestamptz)");
+        run("SELECT reaper_register('tokens')");
+        run("SELECT * FROM reaper_purge('tokens')");
+        let stats = "SELECT last_status || ':' || (last_success_at = last_run_at) || ':' || last_success_at FROM reaper_stats()";
+        let first = Spi::get_one::<String>(stats).unwrap().unwrap();
+        assert!(first.starts_with("ok:true:"), "{first}");
+        run("ALTER TABLE tokens RENAME COLUMN expires_at TO valid_to");
+        run("SELECT * FROM reaper_purge('tokens')");
+        let second = Spi::get_one::<String>(stats).unwrap().unwrap();
+        assert_eq!(
+            second,
+            first.replacen("ok:true:", "error:false:", 1),
+            "an error moves last_run_at, not last_success_at"
+        );
+    }
+
+    #[pg_test]
     fn disabled_targets_are_left_alone_by_a_purge_of_all() {
         sessions_table();
         run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 day')");
