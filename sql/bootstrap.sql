@@ -61,14 +61,19 @@ REVOKE ALL ON reaper_target, reaper_state, reaper_run FROM PUBLIC;
 
 -- reaper_can_see says whether a role may see a target on this table: it can read or manage
 -- the table, or, for a table that no longer exists, it is a superuser.
+-- pg_temp is named last in its search_path, and the catalogs are qualified: left out, pg_temp is
+-- searched first for tables, so a caller's temporary view called pg_class would be read here —
+-- by reaper_stats() as the extension's owner (running the caller's functions as a superuser),
+-- and by the views to show targets the caller may not see.
 CREATE FUNCTION reaper_can_see(target oid, viewer oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
-        WHEN c.oid IS NULL THEN coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = viewer), false)
-        ELSE has_table_privilege(viewer, c.oid, 'SELECT') OR pg_has_role(viewer, c.relowner, 'USAGE')
+        WHEN c.oid IS NULL THEN coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = viewer), false)
+        ELSE pg_catalog.has_table_privilege(viewer, c.oid, 'SELECT')
+             OR pg_catalog.pg_has_role(viewer, c.relowner, 'USAGE')
     END
     FROM (SELECT target AS oid) want
-    LEFT JOIN pg_class c ON c.oid = want.oid
+    LEFT JOIN pg_catalog.pg_class c ON c.oid = want.oid
 $$;
 COMMENT ON FUNCTION reaper_can_see(oid, oid) IS 'session_reaper: whether a role may see targets of this table';
 
@@ -76,14 +81,14 @@ CREATE VIEW reaper_targets WITH (security_barrier) AS
 SELECT t.id, t.relid AS target, t.column_name, t.timezone, t.grace, t.ttl, t.predicate,
        t.batch_size, t.schedule, t.action, t.enabled, t.registered_at, t.updated_at
   FROM reaper_target t
- WHERE reaper_can_see(t.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
+ WHERE reaper_can_see(t.relid, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_targets IS 'session_reaper: registered targets, one row per table you can see';
 
 CREATE VIEW reaper_history WITH (security_barrier) AS
 SELECT h.run_id, h.relid AS target, h.trigger, h.started_at, h.finished_at,
               h.finished_at - h.started_at AS duration, h.rows, h.batches, h.longest_batch, h.status, h.error
   FROM reaper_run h
- WHERE reaper_can_see(h.relid, (SELECT oid FROM pg_roles WHERE rolname = current_user));
+ WHERE reaper_can_see(h.relid, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user));
 COMMENT ON VIEW reaper_history IS 'session_reaper: run history for tables you can see';
 
 GRANT SELECT ON reaper_targets, reaper_history TO PUBLIC;

@@ -140,7 +140,7 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
         }
     }
     if let Some(p) = opts.predicate {
-        let search_path = format!("pg_catalog, {}", quote_ident(&table.schema));
+        let search_path = target::search_path_for(&table.schema);
         with_settings(&[("search_path", search_path)], || {
             predicate::validate(&table.name, &table.qualified(), table.owner, p)
         })?;
