@@ -171,6 +171,8 @@ enum TurnEnd {
     OutOfTime,
     Skipped,
     Failed(PgSqlErrorCode, String),
+    /// DROP EXTENSION committed: the round ends without another delete or record.
+    ExtensionDropped,
 }
 
 struct Worker {
@@ -235,6 +237,8 @@ impl Worker {
             };
             match end {
                 TurnEnd::MoreWork => queue.push_back(running),
+                // Nothing is left to record into; the loop finds the extension gone and leaves.
+                TurnEnd::ExtensionDropped => return recorded,
                 end => recorded &= finish(running, end),
             }
             // Targets that fell due during a long round join it, rather than wait for its end.
@@ -261,15 +265,26 @@ impl Worker {
             let locked = running.locked;
             let batch = in_transaction(|| {
                 pinned(|| {
-                    with_statement_timeout(settings::statement_timeout(), || {
-                        reap::try_lock(t)
-                            .then(|| reap::delete_batch(t, limit, cursor.as_ref(), false, locked))
-                    })
+                    // A run goes on for many batches after its look at the registry: each batch
+                    // checks that the extension is still there, so a DROP EXTENSION stops the
+                    // deletes at once rather than after the whole backlog.
+                    if !extension_installed() {
+                        return None;
+                    }
+                    Some(with_statement_timeout(
+                        settings::statement_timeout(),
+                        || {
+                            reap::try_lock(t).then(|| {
+                                reap::delete_batch(t, limit, cursor.as_ref(), false, locked)
+                            })
+                        },
+                    ))
                 })
             });
             let batch = match batch {
-                Ok(Some(batch)) => batch,
-                Ok(None) => return TurnEnd::Skipped,
+                Ok(Some(Some(batch))) => batch,
+                Ok(Some(None)) => return TurnEnd::Skipped,
+                Ok(None) => return TurnEnd::ExtensionDropped,
                 // The app held a row of this batch longer than reaper.lock_timeout: the batch
                 // gave up; try it again leaving locked rows for a later run, and keep doing so
                 // for the rest of this run, so one held row cannot stall the whole table.
@@ -322,12 +337,7 @@ fn join_newly_due(queue: &mut VecDeque<Running>) {
 
 /// Reads the registry: the due targets and how long until the next one is due.
 fn look(woken: bool) -> Look {
-    let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'session_reaper')",
-    )
-    .expect("reading pg_extension")
-    .unwrap_or(false);
-    if !installed {
+    if !extension_installed() {
         return Look::NoExtension;
     }
     if !settings::enabled() {
@@ -346,10 +356,21 @@ fn look(woken: bool) -> Look {
     Look::Due(due, pause)
 }
 
+/// Whether session_reaper is installed in this database (as of the current snapshot).
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'session_reaper')",
+    )
+    .expect("reading pg_extension")
+    .unwrap_or(false)
+}
+
 /// Records a finished run, logs it, and ANALYZEs the table after a large share went.
 fn finish(running: Running, end: TurnEnd) -> bool {
     let (status, error) = match end {
-        TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork => (Status::Ok, None),
+        TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork | TurnEnd::ExtensionDropped => {
+            (Status::Ok, None)
+        }
         TurnEnd::Skipped => (
             Status::Skipped,
             Some("another reap of this table is running".to_string()),

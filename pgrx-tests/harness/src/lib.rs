@@ -312,11 +312,11 @@ pub fn expired(client: &mut Client, table: &str) -> i64 {
 
 /// `ALTER SYSTEM SET name = value` and `pg_reload_conf()`, as a DBA changes a setting.
 pub fn reload(client: &mut Client, name: &str, value: &str) {
+    // Two statements: ALTER SYSTEM cannot run inside the implicit transaction of a multi-statement query.
     client
-        .batch_execute(&format!(
-            "ALTER SYSTEM SET {name} = {value}; SELECT pg_reload_conf();"
-        ))
+        .batch_execute(&format!("ALTER SYSTEM SET {name} = {value}"))
         .unwrap_or_else(|e| panic!("ALTER SYSTEM SET {name} = {value}: {e}"));
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
 /// The message of a failed statement's ERROR (panics when it did not fail).
