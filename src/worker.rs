@@ -304,9 +304,11 @@ impl Worker {
         TurnEnd::MoreWork
     }
 
-    /// Deletes history older than `reaper.history_retention`, in batches, once an hour.
+    /// Deletes history older than `reaper.history_retention`, in batches, once an hour — and
+    /// right after a reload, which may have shortened the retention.
     fn prune_history(&mut self) {
-        if self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+        let reloaded = crate::process::take_reloaded();
+        if !reloaded && self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
             return;
         }
         self.last_prune = Some(Instant::now());
