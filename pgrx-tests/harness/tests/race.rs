@@ -184,7 +184,7 @@ fn four_busy_clients_lose_nothing_while_a_million_expired_rows_are_reaped() {
                 let (pg, stop): (&Cluster, &AtomicBool) = (&pg, &stop);
                 scope.spawn(move || {
                     let mut app = pg.connect("postgres");
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (thread as u64 + 1) * 7_919);
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((thread as u64 + 1) * 7_919));
                     let mut ledger = Ledger::default();
                     while !stop.load(Ordering::Relaxed) {
                         ledger.one_op(&mut app, &mut rng, thread);
