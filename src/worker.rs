@@ -449,15 +449,21 @@ fn throttle(deleted: i64, took: Duration) {
 /// Waits while a streaming replica lags more than `reaper.max_replica_lag`, checking each
 /// second, for at most the target's remaining runtime.
 fn wait_for_replicas(run_started: Instant) {
-    let Some(max_lag) = settings::max_replica_lag() else {
-        return;
-    };
     while run_started.elapsed() < settings::max_runtime() {
+        // Read on every check: a reload that lifts or raises the ceiling ends the wait at once.
+        let Some(max_lag) = settings::max_replica_lag() else {
+            return;
+        };
+        // GREATEST is SQL syntax, not a function: spelled pg_catalog.greatest(…) the query
+        // failed on every batch, and a failed check (below) means no pause, so the setting did
+        // nothing (reload.rs reloaded_max_replica_lag_pauses_the_worker_behind_a_late_standby).
         let lag = in_transaction(|| {
-            Spi::get_one::<f64>(
-                "SELECT coalesce(max(extract(epoch FROM pg_catalog.greatest(write_lag, flush_lag, replay_lag))), 0)::float8
-                   FROM pg_catalog.pg_stat_replication",
-            )
+            pinned(|| {
+                Spi::get_one::<f64>(
+                    "SELECT coalesce(max(extract(epoch FROM GREATEST(write_lag, flush_lag, replay_lag))), 0)::float8
+                       FROM pg_catalog.pg_stat_replication",
+                )
+            })
         });
         let lag = match lag {
             Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.0)),

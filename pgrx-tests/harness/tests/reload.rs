@@ -369,3 +369,58 @@ fn database_names_changes_with_a_restart_not_a_reload() {
     let mut admin = pg.connect("postgres");
     assert_eq!(running(&mut admin), "app_two");
 }
+
+/// max_replica_lag: a standby that applies WAL 3 s late (recovery_min_apply_delay) makes the
+/// worker pause between batches once the reload sets a ceiling below that lag, and reaping goes
+/// on when the ceiling is lifted again.
+#[test]
+fn reloaded_max_replica_lag_pauses_the_worker_behind_a_late_standby() {
+    let (primary, mut db) = with_reaper(
+        "lag_primary",
+        &["reaper.interval = '1s'", "reaper.batch_delay = '50ms'"],
+    );
+    sessions_table(&mut db, "sessions", 0, 1_000);
+    db.execute(
+        "SELECT reaper_register('sessions', batch_size => 1000)",
+        &[],
+    )
+    .unwrap();
+    let standby = Cluster::standby_of(&primary, "lag_standby");
+    reload(
+        &mut standby.connect("postgres"),
+        "recovery_min_apply_delay",
+        "'3s'",
+    );
+    let pid = primary.worker_pid("postgres");
+    let state = "SELECT worker_state FROM reaper_stats()";
+    let replay_lag =
+        "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication";
+    let backlog = "INSERT INTO sessions (token, expires_at) SELECT 'dead', now() - interval '1 minute' FROM generate_series(1, 50000)";
+    // Without a ceiling the worker reaps straight through, the standby lagging behind.
+    db.batch_execute(backlog).unwrap();
+    wait_until("the backlog is reaped with no ceiling", SOON, || {
+        dead_left(&mut db) == 0
+    });
+    let lagged: f64 = db.query_one(replay_lag, &[]).unwrap().get(0);
+    assert!(lagged > 1.0, "the standby lags ({lagged} s)");
+    set(&primary, &mut db, "reaper.max_replica_lag", "'500ms'");
+    db.batch_execute(backlog).unwrap();
+    let mut lag = 0.0;
+    wait_until("the worker pauses for the lagging standby", SOON, || {
+        let s: String = db.query_one(state, &[]).unwrap().get(0);
+        lag = db.query_one(replay_lag, &[]).unwrap().get(0);
+        s == "paused for replica lag"
+    });
+    let left = dead_left(&mut db);
+    assert!(left > 0, "the pause came before the backlog was done");
+    println!("paused with the standby's replay lag at {lag:.1} s and {left} dead rows left");
+    set(&primary, &mut db, "reaper.max_replica_lag", "0");
+    wait_until("without the ceiling the backlog is reaped", SOON, || {
+        dead_left(&mut db) == 0
+    });
+    assert_eq!(
+        primary.worker_pid("postgres"),
+        pid,
+        "one worker did all this"
+    );
+}
