@@ -328,7 +328,7 @@ fn with_no_worker_slot_left_some_databases_wait_and_nothing_loops() {
             );
         } else {
             assert!(
-                pg.log().contains(&format!("{warning} \"{name}\": no background worker slot is free (max_worker_processes)")),
+                pg.log().contains(&format!("{warning} \"{name}\": no background worker slot is free: raise max_worker_processes")),
                 "a clear WARNING names {name}: {}",
                 pg.log()
             );
