@@ -14,7 +14,7 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --features "pg15 pg_test" --tests -- -D warnings
-echo "== the harness crate: cargo fmt --check, cargo clippy"
+echo "== harness: cargo fmt --check, cargo clippy"
 (cd pgrx-tests/harness && cargo fmt --check && cargo clippy --tests -- -D warnings)
 
 echo "== #[pg_test]s (cargo pgrx test)"
@@ -44,7 +44,9 @@ bash pgrx-tests/run_regress.sh 2>&1 | tee "$log"
 regress=$(grep -Eo 'All [0-9]+ tests passed' "$log" | grep -Eo '[0-9]+')
 
 echo "== real-cluster harness (pgrx-tests/harness)"
-(cd pgrx-tests/harness && cargo test -- --test-threads=2) 2>&1 | tee "$log"
+# --show-output: the figures some tests print (the race test's counts, timings) follow the
+# results, grouped by test, instead of being swallowed.
+(cd pgrx-tests/harness && cargo test -- --test-threads=2 --show-output) 2>&1 | tee "$log"
 harness=$(grep -Eo 'test result: ok\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+' | awk '{s += $1} END {print s + 0}')
 
 echo "tests: $((unit + package + regress + harness)) passed, 0 failed"

@@ -8,7 +8,7 @@
 //! are picked up by a periodic rescan.
 
 use crate::settings;
-use crate::shmem::{Slot, WorkerState, DROPPING_HOLD_SECS, MAX_WORKERS, SHARED};
+use crate::shmem::{Slot, WorkerState, DROPPING_HOLD_SECS, SHARED};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashSet;
@@ -155,9 +155,10 @@ fn start_worker(db: &Database) -> Result<(), String> {
         .load_dynamic()
         .map(|_| ())
         .map_err(|_| {
-            format!(
-                "no background worker slot is free (max_worker_processes); at most {MAX_WORKERS} databases are reaped"
-            )
+            // The only way load_dynamic fails: every max_worker_processes slot is taken
+            // (running out of our own MAX_WORKERS slots is reserve_slot's case).
+            "no background worker slot is free: raise max_worker_processes (retried every minute)"
+                .to_string()
         })
 }
 

@@ -2,7 +2,11 @@
 //! Postgres' own signal handlers, sleeping on the latch, reloading settings.
 
 use pgrx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Set each time the settings are re-read; see [`take_reloaded`].
+static RELOADED: AtomicBool = AtomicBool::new(false);
 
 mod raw {
     // The C handlers themselves: pgrx's pg_sys wrappers are Rust functions, and a signal
@@ -49,6 +53,13 @@ pub fn reload_settings_if_asked() {
         if pg_sys::ConfigReloadPending != 0 {
             pg_sys::ConfigReloadPending = 0;
             pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            RELOADED.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether the settings were re-read since the last call: what depends on a setting only
+/// now and then (pruning the history) is redone at once rather than on its next turn.
+pub fn take_reloaded() -> bool {
+    RELOADED.swap(false, Ordering::Relaxed)
 }

@@ -126,7 +126,7 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
             reason,
         })?;
     }
-    let search_path = format!("pg_catalog, {}", quote_ident(&table.schema));
+    let search_path = target::search_path_for(&table.schema);
     with_settings(&[("search_path", search_path)], || {
         if let Some(p) = opts.predicate {
             predicate::validate(&table.name, &table.qualified(), table.owner, p)?;

@@ -262,16 +262,25 @@ pub fn check_relkind(table: &str, relkind: &str) -> Result<(), ReaperError> {
     })
 }
 
+/// The search path a target's statements and predicate run under, as the table's owner:
+/// pg_catalog first, so nothing shadows a built-in, then the table's own schema for unqualified
+/// names in a predicate, then pg_temp — named last on purpose: left out, it is searched
+/// *first* for tables and types, and reaper_stats() runs this as the owner in the session of
+/// anyone who may read the table, who could shadow a table the predicate names with a
+/// temporary view that runs their code as the owner.
+pub fn search_path_for(schema: &str) -> String {
+    format!("pg_catalog, {}, pg_temp", quote_ident(schema))
+}
+
 impl Target {
     /// The table, schema-qualified and quoted.
     pub fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
 
-    /// The search path reap statements and predicates run under: pg_catalog first, so nothing
-    /// shadows a built-in, then the table's own schema for unqualified names in a predicate.
+    /// The search path reap statements and predicates run under.
     pub fn search_path(&self) -> String {
-        format!("pg_catalog, {}", quote_ident(&self.schema))
+        search_path_for(&self.schema)
     }
 
     /// The batch size this target uses.

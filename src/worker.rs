@@ -182,6 +182,8 @@ enum TurnEnd {
     OutOfTime,
     Skipped,
     Failed(PgSqlErrorCode, String),
+    /// DROP EXTENSION committed: the round ends without another delete or record.
+    ExtensionDropped,
 }
 
 struct Worker {
@@ -266,6 +268,8 @@ impl Worker {
             };
             match end {
                 TurnEnd::MoreWork => queue.push_back(running),
+                // Nothing is left to record into; the loop finds the extension gone and leaves.
+                TurnEnd::ExtensionDropped => return recorded,
                 end => recorded &= finish(running, end),
             }
             // Targets that fell due during a long round join it, rather than wait for its end.
@@ -292,15 +296,26 @@ impl Worker {
             let locked = running.locked;
             let batch = in_transaction(|| {
                 pinned(|| {
-                    with_statement_timeout(settings::statement_timeout(), || {
-                        reap::try_lock(t)
-                            .then(|| reap::delete_batch(t, limit, cursor.as_ref(), false, locked))
-                    })
+                    // A run goes on for many batches after its look at the registry: each batch
+                    // checks that the extension is still there, so a DROP EXTENSION stops the
+                    // deletes at once rather than after the whole backlog.
+                    if !extension_installed() {
+                        return None;
+                    }
+                    Some(with_statement_timeout(
+                        settings::statement_timeout(),
+                        || {
+                            reap::try_lock(t).then(|| {
+                                reap::delete_batch(t, limit, cursor.as_ref(), false, locked)
+                            })
+                        },
+                    ))
                 })
             });
             let batch = match batch {
-                Ok(Some(batch)) => batch,
-                Ok(None) => return TurnEnd::Skipped,
+                Ok(Some(Some(batch))) => batch,
+                Ok(Some(None)) => return TurnEnd::Skipped,
+                Ok(None) => return TurnEnd::ExtensionDropped,
                 // The app held a row of this batch longer than reaper.lock_timeout: the batch
                 // gave up; try it again leaving locked rows for a later run, and keep doing so
                 // for the rest of this run, so one held row cannot stall the whole table.
@@ -320,9 +335,11 @@ impl Worker {
         TurnEnd::MoreWork
     }
 
-    /// Deletes history older than `reaper.history_retention`, in batches, once an hour.
+    /// Deletes history older than `reaper.history_retention`, in batches, once an hour — and
+    /// right after a reload, which may have shortened the retention.
     fn prune_history(&mut self) {
-        if self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+        let reloaded = crate::process::take_reloaded();
+        if !reloaded && self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
             return;
         }
         self.last_prune = Some(Instant::now());
@@ -374,11 +391,18 @@ fn look(woken: bool) -> Look {
     Look::Due(due, pause)
 }
 
+/// Whether session_reaper is installed in this database (as of the current snapshot).
+fn extension_installed() -> bool {
+    installed_version().is_some()
+}
+
 /// Records a finished run, logs it, and ANALYZEs the table after a large share went.
 fn finish(running: Running, end: TurnEnd) -> bool {
     let complete = matches!(end, TurnEnd::Done);
     let (status, error) = match end {
-        TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork => (Status::Ok, None),
+        TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork | TurnEnd::ExtensionDropped => {
+            (Status::Ok, None)
+        }
         TurnEnd::Skipped => (
             Status::Skipped,
             Some("another reap of this table is running".to_string()),
@@ -456,15 +480,21 @@ fn throttle(deleted: i64, took: Duration) {
 /// Waits while a streaming replica lags more than `reaper.max_replica_lag`, checking each
 /// second, for at most the target's remaining runtime.
 fn wait_for_replicas(run_started: Instant) {
-    let Some(max_lag) = settings::max_replica_lag() else {
-        return;
-    };
     while run_started.elapsed() < settings::max_runtime() {
+        // Read on every check: a reload that lifts or raises the ceiling ends the wait at once.
+        let Some(max_lag) = settings::max_replica_lag() else {
+            return;
+        };
+        // GREATEST is SQL syntax, not a function: spelled pg_catalog.greatest(…) the query
+        // failed on every batch, and a failed check (below) means no pause, so the setting did
+        // nothing (reload.rs reloaded_max_replica_lag_pauses_the_worker_behind_a_late_standby).
         let lag = in_transaction(|| {
-            Spi::get_one::<f64>(
-                "SELECT coalesce(max(extract(epoch FROM pg_catalog.greatest(write_lag, flush_lag, replay_lag))), 0)::float8
-                   FROM pg_catalog.pg_stat_replication",
-            )
+            pinned(|| {
+                Spi::get_one::<f64>(
+                    "SELECT coalesce(max(extract(epoch FROM GREATEST(write_lag, flush_lag, replay_lag))), 0)::float8
+                       FROM pg_catalog.pg_stat_replication",
+                )
+            })
         });
         let lag = match lag {
             Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.0)),

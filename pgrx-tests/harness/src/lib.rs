@@ -163,6 +163,40 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connecting to {dbname}: {e}\n{}", self.log()))
     }
 
+    /// A client connected to `dbname` as the login role `user` (trust authentication).
+    pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
+        Config::new()
+            .host_path(&self.dir)
+            .port(self.port)
+            .user(user)
+            .dbname(dbname)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connecting to {dbname} as {user}: {e}\n{}", self.log()))
+    }
+
+    /// A client to `dbname` once the server accepts connections again (after a restart or
+    /// crash recovery), polling for at most `SOON`.
+    pub fn reconnect(&self, dbname: &str) -> Client {
+        let mut client = None;
+        wait_until("the server accepts connections again", SOON, || {
+            client = Config::new()
+                .host_path(&self.dir)
+                .port(self.port)
+                .user("postgres")
+                .dbname(dbname)
+                .connect(NoTls)
+                .ok()
+                .filter(|c| !c.is_closed());
+            client.is_some()
+        });
+        client.unwrap()
+    }
+
+    /// How many lines of the server log contain `text`.
+    pub fn log_lines(&self, text: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(text)).count()
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
@@ -191,6 +225,7 @@ impl Cluster {
 
     /// Sends a signal to a server process (as root, or as the owner).
     pub fn signal(&self, pid: i32, signal: &str) {
+        // We are root or the cluster's owner: either may signal its processes.
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &pid.to_string()])
             .status();
@@ -242,6 +277,50 @@ impl Drop for Cluster {
             &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
         );
     }
+}
+
+/// How long a bounded poll waits by default for something the worker does on its own.
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// A cluster with session_reaper created in its `postgres` database, and a client to it.
+pub fn with_reaper(name: &str, conf: &[&str]) -> (Cluster, Client) {
+    let pg = Cluster::start(name, conf);
+    let mut db = pg.connect("postgres");
+    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    (pg, db)
+}
+
+/// Registers `sessions` and waits until the worker has removed its expired rows.
+pub fn register_and_drain(db: &mut Client, what: &str) {
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until(what, SOON, || expired(db, "sessions") == 0);
+}
+
+/// Rows of `table` whose `expires_at` has passed.
+pub fn expired(client: &mut Client, table: &str) -> i64 {
+    count(
+        client,
+        &format!("SELECT count(*) FROM {table} WHERE expires_at < now()"),
+    )
+}
+
+/// `ALTER SYSTEM SET name = value` and `pg_reload_conf()`, as a DBA changes a setting.
+pub fn reload(client: &mut Client, name: &str, value: &str) {
+    // Two statements: ALTER SYSTEM cannot run inside the implicit transaction of a multi-statement query.
+    client
+        .batch_execute(&format!("ALTER SYSTEM SET {name} = {value}"))
+        .unwrap_or_else(|e| panic!("ALTER SYSTEM SET {name} = {value}: {e}"));
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+/// The message of a failed statement's ERROR (panics when it did not fail).
+pub fn error_of(result: Result<impl std::fmt::Debug, postgres::Error>) -> (String, String) {
+    let err = result.expect_err("the statement fails");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a Postgres error: {err}"));
+    (db.code().code().to_string(), db.message().to_string())
 }
 
 /// Polls `condition` every 50 ms until it holds, failing after `timeout` with `what`.

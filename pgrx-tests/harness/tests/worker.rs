@@ -1,32 +1,10 @@
 //! The background worker on committed data in a real cluster: what DESIGN.md promises about
 //! the worker, each checked with bounded polling.
 
-use session_reaper_harness::{count, sessions_table, wait_until, Cluster};
+use session_reaper_harness::{
+    count, expired, register_and_drain, sessions_table, wait_until, with_reaper, Cluster, SOON,
+};
 use std::time::Duration;
-
-const SOON: Duration = Duration::from_secs(30);
-
-/// Registers `sessions` and waits until the worker has removed its expired rows.
-fn register_and_drain(db: &mut postgres::Client, what: &str) {
-    db.execute("SELECT reaper_register('sessions')", &[])
-        .unwrap();
-    wait_until(what, SOON, || expired(db, "sessions") == 0);
-}
-
-/// A cluster with session_reaper created in its `postgres` database, and a client to it.
-fn with_reaper(name: &str, conf: &[&str]) -> (Cluster, postgres::Client) {
-    let pg = Cluster::start(name, conf);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
-    (pg, db)
-}
-
-fn expired(client: &mut postgres::Client, table: &str) -> i64 {
-    count(
-        client,
-        &format!("SELECT count(*) FROM {table} WHERE expires_at < now()"),
-    )
-}
 
 #[test]
 fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
