@@ -2,17 +2,12 @@
 //! update (soft expiry) and drop_partitions, on a hand-made partition set and on one made by
 //! pg_partman (Debian's postgresql-15-partman, installed by scripts/setup.sh).
 
-use session_reaper_harness::{count, sessions_table, wait_until, Cluster};
+use session_reaper_harness::{count, sessions_table, wait_until, with_reaper};
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
 
-fn with_reaper(name: &str) -> (Cluster, postgres::Client) {
-    let pg = Cluster::start(name, &["reaper.interval = '1s'"]);
-    let mut db = pg.connect("postgres");
-    db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
-    (pg, db)
-}
+const EVERY_SECOND: &[&str] = &["reaper.interval = '1s'"];
 
 /// The partitions of `table`, by name.
 fn partitions(db: &mut postgres::Client, table: &str) -> Vec<String> {
@@ -29,7 +24,7 @@ fn partitions(db: &mut postgres::Client, table: &str) -> Vec<String> {
 
 #[test]
 fn the_worker_archives_and_soft_expires_dead_rows_and_leaves_live_ones() {
-    let (pg, mut db) = with_reaper("actions");
+    let (pg, mut db) = with_reaper("actions", EVERY_SECOND);
     sessions_table(&mut db, "sessions", 20_000, 5_000);
     sessions_table(&mut db, "logins", 8_000, 2_000);
     db.batch_execute(
@@ -87,7 +82,7 @@ fn the_worker_archives_and_soft_expires_dead_rows_and_leaves_live_ones() {
 
 #[test]
 fn the_worker_drops_dead_pg_partman_partitions_and_maintenance_goes_on() {
-    let (pg, mut db) = with_reaper("partman");
+    let (pg, mut db) = with_reaper("partman", EVERY_SECOND);
     db.batch_execute(
         "CREATE SCHEMA partman;
          CREATE EXTENSION pg_partman SCHEMA partman;
