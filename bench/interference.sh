@@ -13,7 +13,8 @@
 # Contenders: none (baseline), delete (one DELETE from psql, as cron scripts do), cron (the same
 # DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
 # UPDATE SKIP LOCKED, a commit each, as careful apps write), reaper (session_reaper's worker
-# with its defaults), reaper_fast (batch_delay 0, batch_size 40000).
+# with its defaults), reaper_fast (batch_delay 0, batch_size 40000), reaper:N:D (batch_size N,
+# batch_delay D ms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000} DURATION=${2:-40} START=10
@@ -34,6 +35,7 @@ source scripts/cluster.sh
 source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
   "shared_preload_libraries = 'session_reaper,pg_cron'" "cron.database_name = 'postgres'" \
+  "cron.use_background_workers = on" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
   "reaper.interval = '1h'" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
@@ -88,10 +90,14 @@ clear() {
         [ "$n" -lt 10000 ] && break
       done
       echo "$start $(now_s) $rows" ;;
-    reaper|reaper_fast)
-      if [ "$1" = reaper_fast ]; then
-        cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
-        cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => 40000)" >/dev/null
+    reaper*)
+      # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
+      local spec=${1#reaper}
+      [ "$1" = reaper_fast ] && spec=:40000:0
+      if [ -n "$spec" ]; then
+        IFS=: read -r _ size delay <<< "$spec"
+        cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = $delay" -c "SELECT pg_reload_conf()" >/dev/null
+        cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => $size)" >/dev/null
       else
         cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null
       fi
@@ -103,7 +109,8 @@ clear() {
   esac
 }
 
-echo -e "contender\tstart\tend\trows\tbegan" > "$OUT/clearing.tsv"
+# One line per contender; running some contenders again replaces their lines only.
+[ -f "$OUT/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan" > "$OUT/clearing.tsv"
 for contender in $CONTENDERS; do
   echo "== $contender"
   fill_sessions "$ROWS"
@@ -122,7 +129,9 @@ for contender in $CONTENDERS; do
   read -r start end rows < <(clear "$contender")
   wait "$bench"
   cat "$scripts"/pgb_"$contender".* > "$log.log"
-  echo -e "$contender\t$start\t$end\t$rows\t$began" >> "$OUT/clearing.tsv"
+  grep -v "^$contender	" "$OUT/clearing.tsv" > "$OUT/clearing.tmp" || true
+  echo -e "$contender\t$start\t$end\t$rows\t$began" >> "$OUT/clearing.tmp"
+  mv "$OUT/clearing.tmp" "$OUT/clearing.tsv"
   left=$(dead)
   [ "$contender" = none ] || [ "$left" -lt 1000 ] || echo "   ($left expired rows left)"
 done

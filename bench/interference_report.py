@@ -24,6 +24,7 @@ def pct(values, p):
 
 runs = list(csv.DictReader(open(out / "clearing.tsv"), delimiter="\t"))
 txns_of = {}
+runs = [r for r in runs if r["start"] or print(f"({r['contender']}: its clearing did not run)")]
 for run in runs:
     c, began = run["contender"], float(run["began"])
     txns_of[c] = sorted(
