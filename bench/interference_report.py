@@ -9,6 +9,7 @@ the same seconds of its workload. Writes OUT/interference_tps.png and OUT/interf
 (per-second series, time 0 = clearing started) when matplotlib is there.
 """
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -59,7 +60,7 @@ for run in runs:
     ]))
     per_second = {}
     for t, lat in txns_of[c]:
-        per_second.setdefault(int(t - lo), []).append(lat)
+        per_second.setdefault(math.floor(t - lo), []).append(lat)
     series[c] = sorted(per_second.items())
 
 try:
