@@ -55,7 +55,7 @@ impl Action {
         match self {
             Self::Delete | Self::DropPartitions => format!("{} RETURNING 1", delete(table, which)),
             Self::Archive { columns, .. } => {
-                format!("DELETE FROM {table} WHERE {which} RETURNING {columns}")
+                format!("{} RETURNING {columns}", delete(table, which))
             }
             // The SET list ends its line: a `--` comment in it cannot swallow the WHERE clause
             // (registration refuses any list that would, see check_update_set).
