@@ -356,3 +356,28 @@ pub fn sessions_table(client: &mut Client, table: &str, expired: i64, live: i64)
         ))
         .expect("create sessions table");
 }
+
+/// A cluster whose reaper serves only `app_one` (`reaper.database_names`), with databases
+/// `app_one` and `app_two` each holding a registered `sessions` table of 100 expired rows, and a
+/// client to its `postgres` database.
+pub fn two_databases_one_named(name: &str) -> (Cluster, Client) {
+    let pg = Cluster::start(
+        name,
+        &[
+            "reaper.interval = '1s'",
+            "reaper.database_names = 'app_one'",
+        ],
+    );
+    let mut admin = pg.connect("postgres");
+    for database in ["app_one", "app_two"] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
+        let mut db = pg.connect(database);
+        db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+        sessions_table(&mut db, "sessions", 100, 0);
+        db.execute("SELECT reaper_register('sessions')", &[])
+            .unwrap();
+    }
+    (pg, admin)
+}

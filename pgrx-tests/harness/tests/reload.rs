@@ -5,7 +5,8 @@
 
 use postgres::Client;
 use session_reaper_harness::{
-    count, error_of, reload, sessions_table, wait_until, with_reaper, Cluster, SOON,
+    count, error_of, reload, sessions_table, two_databases_one_named, wait_until, with_reaper,
+    Cluster, SOON,
 };
 use std::time::Duration;
 
@@ -322,24 +323,7 @@ fn bad_values_are_refused_with_the_range_of_the_setting() {
 /// with Postgres' own LOG line; a restart applies it.
 #[test]
 fn database_names_changes_with_a_restart_not_a_reload() {
-    let pg = Cluster::start(
-        "reload_names",
-        &[
-            "reaper.interval = '1s'",
-            "reaper.database_names = 'app_one'",
-        ],
-    );
-    let mut admin = pg.connect("postgres");
-    for name in ["app_one", "app_two"] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let mut db = pg.connect(name);
-        db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
-        sessions_table(&mut db, "sessions", 100, 0);
-        db.execute("SELECT reaper_register('sessions')", &[])
-            .unwrap();
-    }
+    let (pg, mut admin) = two_databases_one_named("reload_names");
     let workers = "SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '') FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'";
     let running = |admin: &mut Client| -> String { admin.query_one(workers, &[]).unwrap().get(0) };
     wait_until("app_one has its worker", SOON, || {

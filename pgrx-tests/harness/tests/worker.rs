@@ -2,7 +2,8 @@
 //! the worker, each checked with bounded polling.
 
 use session_reaper_harness::{
-    count, expired, register_and_drain, sessions_table, wait_until, with_reaper, Cluster, SOON,
+    count, expired, register_and_drain, sessions_table, two_databases_one_named, wait_until,
+    with_reaper, Cluster, SOON,
 };
 use std::time::Duration;
 
@@ -618,24 +619,7 @@ fn a_row_the_app_holds_locked_is_left_for_later_and_stalls_nothing() {
 
 #[test]
 fn database_names_restricts_which_databases_get_a_worker() {
-    let pg = Cluster::start(
-        "names",
-        &[
-            "reaper.interval = '1s'",
-            "reaper.database_names = 'app_one'",
-        ],
-    );
-    let mut admin = pg.connect("postgres");
-    for name in ["app_one", "app_two"] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let mut db = pg.connect(name);
-        db.batch_execute("CREATE EXTENSION session_reaper").unwrap();
-        sessions_table(&mut db, "sessions", 100, 0);
-        db.execute("SELECT reaper_register('sessions')", &[])
-            .unwrap();
-    }
+    let (pg, mut admin) = two_databases_one_named("names");
     let mut one = pg.connect("app_one");
     wait_until("app_one is reaped", SOON, || {
         expired(&mut one, "sessions") == 0
