@@ -255,9 +255,11 @@ pub fn check_partitioning(
     })
 }
 
-/// The partitions of `target` whose every possible row is dead now (quoted names), oldest first:
-/// a range partition [from, to) is, when the value just below `to` is dead.
-pub fn dead_partitions(target: &Target) -> Vec<String> {
+/// The partitions of `target` whose every possible row is dead now (quoted names), in the order
+/// of their bounds' text: a range partition [from, to) is, when the value just below `to` is
+/// dead. Lazy: a run takes only the first (one partition per batch), so it does not test every
+/// bound again for each partition it drops.
+pub fn dead_partitions(target: &Target) -> impl Iterator<Item = String> + '_ {
     let partitions = Spi::connect(|client| {
         client
             .select(
@@ -275,13 +277,10 @@ pub fn dead_partitions(target: &Target) -> Vec<String> {
             .collect::<pgrx::spi::Result<Vec<_>>>()
     })
     .expect("listing partitions");
-    partitions
-        .into_iter()
-        .filter_map(|(name, bound)| {
-            let upper = upper_bound(bound.as_deref()?)?;
-            all_dead_below(target, upper).then_some(name?)
-        })
-        .collect()
+    partitions.into_iter().filter_map(|(name, bound)| {
+        let upper = upper_bound(bound.as_deref()?)?;
+        all_dead_below(target, upper).then_some(name?)
+    })
 }
 
 /// The upper bound of a range partition's `FOR VALUES FROM (...) TO (...)` as a SQL literal;

@@ -198,7 +198,7 @@ fn describe(
             let statement =
                 Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size(), false);
             let partitions = match t.action {
-                Action::DropPartitions => action::dead_partitions(t),
+                Action::DropPartitions => action::dead_partitions(t).collect(),
                 _ => Vec::new(),
             };
             Spi::connect(|client| {

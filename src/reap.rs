@@ -92,8 +92,8 @@ pub fn delete_batch(
                 .cloned()
                 .unwrap_or_else(|| Cursor::first(target, limit, exact));
             if cursor == Cursor::Partitions {
-                if let Some(partition) = action::dead_partitions(target).first() {
-                    action::drop_partition(target, partition);
+                if let Some(partition) = action::dead_partitions(target).next() {
+                    action::drop_partition(target, &partition);
                     return Batch {
                         deleted: 0,
                         partitions: 1,
