@@ -106,10 +106,7 @@ impl Cursor {
         };
         match self {
             Cursor::Pages { next, span, .. } => {
-                let range = format!(
-                    "ctid >= '({next},0)'::tid AND ctid < '({},0)'::tid",
-                    u64::from(*next) + u64::from(*span)
-                );
+                let range = page_range(*next, u64::from(*next) + u64::from(*span));
                 let which = if skip_locked {
                     format!("ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {range} AND {dead}{lock}))")
                 } else {
@@ -153,6 +150,14 @@ impl Cursor {
         }
     }
 
+    /// The pages a page batch covers, `[first, end)`; None for the other ways of walking.
+    pub fn pages(&self) -> Option<(u32, u64)> {
+        match self {
+            Cursor::Pages { next, span, .. } => Some((*next, u64::from(*next) + u64::from(*span))),
+            _ => None,
+        }
+    }
+
     /// Where the batch after this one starts, given what it did; None when the run is done.
     pub fn after(
         &self,
@@ -188,6 +193,11 @@ impl Cursor {
             Cursor::Partitions => Some(Cursor::Partitions),
         }
     }
+}
+
+/// The condition that holds the rows of pages `[first, end)`: a TID range scan reads only them.
+pub fn page_range(first: u32, end: u64) -> String {
+    format!("ctid >= '({first},0)'::tid AND ctid < '({end},0)'::tid")
 }
 
 /// A page span near `wanted`, small enough that even pages full of dead rows hold at most

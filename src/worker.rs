@@ -326,6 +326,9 @@ impl Worker {
                 Err((code, message)) => return TurnEnd::Failed(code, message),
             };
             running.progress.add(&batch, batch_started.elapsed());
+            if let (Some(pages), true) = (batch.pages, batch.deleted > 0) {
+                prune_behind(t, pages);
+            }
             let Some(next) = batch.next else {
                 return TurnEnd::Done;
             };
@@ -461,6 +464,28 @@ fn analyze_if_large(t: &Target, rows: i64, share: f64) {
     if before > 0.0 && rows as f64 >= share * f64::from(before) {
         let statement = format!("ANALYZE {}", t.qualified());
         as_role(t.owner, || Spi::run(&statement)).expect("ANALYZE");
+    }
+}
+
+/// Prunes the pages a committed batch deleted from, in a transaction of its own (see
+/// reap::prune_pages). Only a saving for the application's queries: a failure is logged at
+/// DEBUG1 and the run goes on (a dropped table or a lock timeout fails its next batch anyway).
+fn prune_behind(t: &Target, pages: (u32, u64)) {
+    let pruned = in_transaction(|| {
+        pinned(|| {
+            with_statement_timeout(settings::statement_timeout(), || {
+                reap::prune_pages(t, pages)
+            })
+        })
+    });
+    if let Err((code, message)) = pruned {
+        debug1!(
+            "session_reaper: {}: pruning pages {}..{}: {message} (SQLSTATE {})",
+            t.name,
+            pages.0,
+            pages.1,
+            sqlstate(code)
+        );
     }
 }
 
