@@ -5,19 +5,23 @@
 # expired); START seconds in, one contender starts clearing the expired half. Prints, per
 # contender, the clearing time and rate, and the foreground's tps and p50/p99/max latency
 # before and during the clearing, each against the same run's "before" and the no-cleanup
-# baseline; writes per-second series for bench/plot.sh.
+# baseline, and how many WAL records the app's lookups wrote (a read writes WAL only when it
+# prunes a page someone else deleted from); draws per-second plots (bench/interference_report.py).
 #
 #   bash bench/interference.sh [ROWS] [DURATION]          # default 2,000,000 rows, 40 s
 #   CONTENDERS="none reaper" bash bench/interference.sh   # a subset
+#   ROUNDS=3 bash bench/interference.sh                   # every contender 3 times, in turn;
+#                                                         # the report adds the medians
 #
 # Contenders: none (baseline), delete (one DELETE from psql, as cron scripts do), cron (the same
 # DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
 # UPDATE SKIP LOCKED, a commit each, as careful apps write), reaper (session_reaper's worker
 # with its defaults), reaper_fast (batch_delay 0, batch_size 40000), reaper:N:D (batch_size N,
-# batch_delay D ms).
+# batch_delay D ms), cpu:B:R (no database work at all: a process that burns a core B ms of every
+# B + R ms for 10 s, to tell what the CPU time alone costs the foreground on this machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROWS=${1:-2000000} DURATION=${2:-40} START=10
+ROWS=${1:-2000000} DURATION=${2:-40} START=10 ROUNDS=${ROUNDS:-1}
 CONTENDERS=${CONTENDERS:-none delete cron loop reaper reaper_fast}
 OUT=${OUT:-${SR_TMP:-/tmp}/session_reaper_interference}
 mkdir -p "$OUT"
@@ -34,12 +38,13 @@ fi
 source scripts/cluster.sh
 source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
-  "shared_preload_libraries = 'session_reaper,pg_cron'" "cron.database_name = 'postgres'" \
+  "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "cron.database_name = 'postgres'" \
   "cron.use_background_workers = on" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
   "reaper.interval = '1h'" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
-cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron"
+cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
+  -c "CREATE EXTENSION pg_stat_statements"
 
 
 # The foreground: live rows have odd ids.
@@ -61,6 +66,11 @@ VALUES (:u, md5(random()::text), '{"ua": "bench"}', now(), now() + interval '1 h
 SQL
 
 now_s() { date +%s.%N; }
+# WAL records the foreground's lookups wrote since the last pg_stat_statements_reset().
+lookup_wal() {
+  cluster_psql -At -c "SELECT coalesce(sum(wal_records), 0) FROM pg_stat_statements
+                        WHERE query LIKE 'SELECT token, data FROM sessions%'"
+}
 dead() { cluster_psql -At -c "SELECT count(*) FROM sessions WHERE expires_at < now()"; }
 
 # clear CONTENDER: clears the expired rows; prints "start end rows" (Unix seconds).
@@ -90,6 +100,18 @@ clear() {
         [ "$n" -lt 10000 ] && break
       done
       echo "$start $(now_s) $rows" ;;
+    cpu:*)
+      IFS=: read -r _ burn rest <<< "$1"
+      start=$(now_s)
+      python3 -c "
+import time
+end = time.time() + 10
+while time.time() < end:
+    busy = time.time() + $burn / 1000
+    while time.time() < busy:
+        pass
+    time.sleep($rest / 1000)"
+      echo "$start $(now_s) 0" ;;
     reaper*)
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
       local spec=${1#reaper}
@@ -109,31 +131,36 @@ clear() {
   esac
 }
 
-# One line per contender; running some contenders again replaces their lines only.
-[ -f "$OUT/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan" > "$OUT/clearing.tsv"
-for contender in $CONTENDERS; do
-  echo "== $contender"
-  fill_sessions "$ROWS"
-  log=$OUT/pgbench_$contender
-  rm -f "$scripts"/pgb_"$contender".*
-  if [ "$contender" = cron ]; then
-    # pg_cron fires on the minute: begin the workload START seconds before the next one.
-    sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
-  fi
-  as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 4 -j 2 -T "$DURATION" -D live=$((ROWS / 2)) \
-    -l --log-prefix="$scripts/pgb_$contender" \
-    -f "$scripts/lookup.sql@85" -f "$scripts/refresh.sql@10" -f "$scripts/insert.sql@5" postgres >/dev/null 2>&1 &
-  bench=$!
-  began=$(now_s)
-  [ "$contender" = cron ] || sleep "$START"
-  read -r start end rows < <(clear "$contender")
-  wait "$bench"
-  cat "$scripts"/pgb_"$contender".* > "$log.log"
-  grep -v "^$contender	" "$OUT/clearing.tsv" > "$OUT/clearing.tmp" || true
-  echo -e "$contender\t$start\t$end\t$rows\t$began" >> "$OUT/clearing.tmp"
-  mv "$OUT/clearing.tmp" "$OUT/clearing.tsv"
-  left=$(dead)
-  [ "$contender" = none ] || [ "$left" -lt 1000 ] || echo "   ($left expired rows left)"
+# Each round in its own directory; in a round, one line per contender (running some contenders
+# again replaces their lines only).
+for round in $(seq 1 "$ROUNDS"); do
+  dir=$OUT/round$round
+  mkdir -p "$dir"
+  [ -f "$dir/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan\tlookup_wal" > "$dir/clearing.tsv"
+  for contender in $CONTENDERS; do
+    echo "== round $round: $contender"
+    fill_sessions "$ROWS"
+    cluster_psql -q -c "SELECT pg_stat_statements_reset()" >/dev/null
+    rm -f "$scripts"/pgb_"$contender".*
+    if [ "$contender" = cron ]; then
+      # pg_cron fires on the minute: begin the workload START seconds before the next one.
+      sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
+    fi
+    as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 4 -j 2 -T "$DURATION" -D live=$((ROWS / 2)) \
+      -l --log-prefix="$scripts/pgb_$contender" \
+      -f "$scripts/lookup.sql@85" -f "$scripts/refresh.sql@10" -f "$scripts/insert.sql@5" postgres >/dev/null 2>&1 &
+    bench=$!
+    began=$(now_s)
+    [ "$contender" = cron ] || sleep "$START"
+    read -r start end rows < <(clear "$contender")
+    wait "$bench"
+    cat "$scripts"/pgb_"$contender".* > "$dir/pgbench_$contender.log"
+    grep -v "^$contender	" "$dir/clearing.tsv" > "$dir/clearing.tmp" || true
+    echo -e "$contender\t$start\t$end\t$rows\t$began\t$(lookup_wal)" >> "$dir/clearing.tmp"
+    mv "$dir/clearing.tmp" "$dir/clearing.tsv"
+    left=$(dead)
+    case $contender in none | cpu:*) ;; *) [ "$left" -lt 1000 ] || echo "   ($left expired rows left)" ;; esac
+  done
 done
 
 python3 bench/interference_report.py "$OUT" "$DURATION" | tee bench/last_interference.txt

@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """interference_report.py OUT DURATION — the table and plots of bench/interference.sh.
 
-Reads OUT/clearing.tsv (per contender: when clearing started and ended, rows, when pgbench
-began) and OUT/pgbench_<contender>.log (pgbench's per-transaction log: client, txn, latency us,
-script, epoch s, us). Per contender: the clearing's time and rate, and the foreground before it
+Reads OUT/round<N>/clearing.tsv (per contender: when clearing started and ended, rows, when
+pgbench began, WAL records of the app's lookups) and OUT/round<N>/pgbench_<contender>.log
+(pgbench's per-transaction log: client, txn, latency us, script, epoch s, us). Per contender: the clearing's time and rate, and the foreground before it
 (from second 1 to its start) and during it; "vs baseline" compares with the no-cleanup run over
-the same seconds of its workload. Writes OUT/interference_tps.png and OUT/interference_p99.png
+the same seconds of its workload; with several rounds, the median of each ratio follows. Writes
+(from the last round) OUT/interference_tps.png and OUT/interference_p99.png
 (per-second series, time 0 = clearing started) when matplotlib is there.
 """
 import csv
 import math
+import statistics
 import sys
 from pathlib import Path
 
 out, duration = Path(sys.argv[1]), float(sys.argv[2])
+rounds = sorted(out.glob("round*/clearing.tsv"), key=lambda p: int(p.parent.name[5:] or 0))
 
 
 def pct(values, p):
@@ -23,45 +26,74 @@ def pct(values, p):
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-runs = list(csv.DictReader(open(out / "clearing.tsv"), delimiter="\t"))
-txns_of = {}
-runs = [r for r in runs if r["start"] or print(f"({r['contender']}: its clearing did not run)")]
-for run in runs:
-    c, began = run["contender"], float(run["began"])
-    txns_of[c] = sorted(
-        ((int(f[4]) + int(f[5]) / 1e6 - began, int(f[2]) / 1000.0)
-         for f in (line.split() for line in open(out / f"pgbench_{c}.log"))))
+HEAD = ("contender", "clear s", "rows/s", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
+        "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline",
+        "lookup WAL records")
 
 
-def window(c, lo, hi):
-    """Latencies (ms) of contender c's transactions that ended between lo and hi seconds."""
-    return [lat for t, lat in txns_of[c] if lo <= t < hi]
+def report(tsv):
+    """Prints one round's table; returns its figures per contender and per-second series."""
+    runs = list(csv.DictReader(open(tsv), delimiter="\t"))
+    runs = [r for r in runs if r["start"] or print(f"({r['contender']}: its clearing did not run)")]
+    txns_of = {}
+    for run in runs:
+        c, began = run["contender"], float(run["began"])
+        txns_of[c] = sorted(
+            ((int(f[4]) + int(f[5]) / 1e6 - began, int(f[2]) / 1000.0)
+             for f in (line.split() for line in open(tsv.parent / f"pgbench_{c}.log"))))
+
+    def window(c, lo, hi):
+        """Latencies (ms) of contender c's transactions that ended between lo and hi seconds."""
+        return [lat for t, lat in txns_of[c] if lo <= t < hi]
+
+    print(" | ".join(HEAD))
+    print(" | ".join("---" for _ in HEAD))
+    figures, series = {}, {}
+    for run in runs:
+        c, began = run["contender"], float(run["began"])
+        lo, hi = float(run["start"]) - began, float(run["end"]) - began
+        hi = max(hi, lo + 1.0)  # a window of at least a second
+        before, during = window(c, 1.0, lo), window(c, lo, hi)
+        base = window("none", lo, hi) if "none" in txns_of else during
+        f = figures[c] = {
+            "rows/s": int(run["rows"] or 0) / (hi - lo) if c != "none" else 0,
+            "p99 vs before": pct(during, 0.99) / pct(before, 0.99),
+            "p99 vs baseline": pct(during, 0.99) / pct(base, 0.99),
+            "tps vs baseline": len(during) / max(len(base), 1),
+            "lookup WAL records": int(run.get("lookup_wal") or 0),
+        }
+        lost = len(txns_of["none"]) - len(txns_of[c]) if "none" in txns_of else 0
+        print(" | ".join([
+            c, f"{float(run['end']) - float(run['start']):.2f}", f"{f['rows/s']:,.0f}",
+            f"{len(before) / max(lo - 1.0, 1e-9):,.0f}", f"{len(during) / (hi - lo):,.0f}",
+            f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{max(during, default=0):.1f}",
+            f"{f['p99 vs before']:.2f}", f"{f['p99 vs baseline']:.2f}", f"{f['tps vs baseline']:.2f}",
+            f"{lost:,}", f"{f['lookup WAL records']:,}",
+        ]))
+        per_second = {}
+        for t, lat in txns_of[c]:
+            per_second.setdefault(math.floor(t - lo), []).append(lat)
+        series[c] = sorted(per_second.items())
+    return figures, series
 
 
-head = ("contender", "clear s", "rows/s", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
-        "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline")
-print(" | ".join(head))
-print(" | ".join("---" for _ in head))
-series = {}
-for run in runs:
-    c, began = run["contender"], float(run["began"])
-    lo, hi = float(run["start"]) - began, float(run["end"]) - began
-    hi = max(hi, lo + 1.0)  # a window of at least a second
-    before, during = window(c, 1.0, lo), window(c, lo, hi)
-    rate = int(run["rows"] or 0) / (hi - lo) if c != "none" else 0
-    base = window("none", lo, hi) if "none" in txns_of else during
-    lost = len(txns_of["none"]) - len(txns_of[c]) if "none" in txns_of else 0
-    print(" | ".join([
-        c, f"{float(run['end']) - float(run['start']):.2f}", f"{rate:,.0f}",
-        f"{len(before) / max(lo - 1.0, 1e-9):,.0f}", f"{len(during) / (hi - lo):,.0f}",
-        f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{max(during, default=0):.1f}",
-        f"{pct(during, 0.99) / pct(before, 0.99):.2f}", f"{pct(during, 0.99) / pct(base, 0.99):.2f}",
-        f"{len(during) / max(len(base), 1):.2f}", f"{lost:,}",
-    ]))
-    per_second = {}
-    for t, lat in txns_of[c]:
-        per_second.setdefault(math.floor(t - lo), []).append(lat)
-    series[c] = sorted(per_second.items())
+all_figures = []
+for tsv in rounds:
+    if len(rounds) > 1:
+        print(f"\n{tsv.parent.name}:")
+    figures, series = report(tsv)
+    all_figures.append(figures)
+
+if len(rounds) > 1:
+    # The machine's own spread between runs is as large as the effects: the median of each
+    # figure over the rounds is the one to quote.
+    keys = ("rows/s", "tps vs baseline", "p99 vs baseline", "p99 vs before", "lookup WAL records")
+    print(f"\nmedian over {len(rounds)} rounds:")
+    print(" | ".join(("contender",) + keys))
+    print(" | ".join("---" for _ in range(len(keys) + 1)))
+    for c in all_figures[0]:
+        values = [statistics.median(r[c][k] for r in all_figures if c in r) for k in keys]
+        print(" | ".join([c, f"{values[0]:,.0f}"] + [f"{v:.2f}" for v in values[1:4]] + [f"{values[4]:,.0f}"]))
 
 try:
     import matplotlib

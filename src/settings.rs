@@ -86,7 +86,9 @@ pub fn init() {
     define_int(
         c"reaper.batch_delay",
         c"Pause between two batches of the worker.",
-        c"Gives the application's queries room between batches; 0 reaps as fast as possible.",
+        c"Gives the application's queries room between batches, and the worker time to prune \
+          the pages a batch deleted from (counted as part of the pause); 0 reaps as fast as \
+          possible and leaves the pruning to the pages' next reader.",
         &BATCH_DELAY_MS,
         (0, 60_000),
         GucFlags::UNIT_MS,
