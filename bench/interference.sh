@@ -5,8 +5,9 @@
 # expired); START seconds in, one contender starts clearing the expired half. Prints, per
 # contender, the clearing time and rate, and the foreground's tps and p50/p99/max latency
 # before and during the clearing, each against the same run's "before" and the no-cleanup
-# baseline, and how many WAL records the app's lookups wrote (a read writes WAL only when it
-# prunes a page someone else deleted from); draws per-second plots (bench/interference_report.py).
+# baseline, and how many WAL records the app's lookups wrote per 1,000 lookups (a read writes
+# WAL only when it prunes a page that a delete or an update left dead row versions on); draws
+# per-second plots (bench/interference_report.py).
 #
 #   bash bench/interference.sh [ROWS] [DURATION]          # default 2,000,000 rows, 40 s
 #   CONTENDERS="none reaper" bash bench/interference.sh   # a subset
@@ -102,6 +103,7 @@ clear() {
       echo "$start $(now_s) $rows" ;;
     cpu:*)
       IFS=: read -r _ burn rest <<< "$1"
+      [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
       start=$(now_s)
       python3 -c "
 import time
@@ -163,5 +165,5 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 bench/interference_report.py "$OUT" "$DURATION" | tee bench/last_interference.txt
+python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" | tee bench/last_interference.txt
 cp "$OUT"/interference_*.png bench/ 2>/dev/null || true

@@ -16,7 +16,11 @@ import sys
 from pathlib import Path
 
 out, duration = Path(sys.argv[1]), float(sys.argv[2])
-rounds = sorted(out.glob("round*/clearing.tsv"), key=lambda p: int(p.parent.name[5:] or 0))
+# Only the rounds of the last run: an earlier run with more rounds leaves its directories.
+rounds = [out / f"round{n}" / "clearing.tsv" for n in range(1, int(sys.argv[3]) + 1)]
+rounds = [tsv for tsv in rounds if tsv.exists()]
+if not rounds:
+    sys.exit(f"no round*/clearing.tsv under {out}")
 
 
 def pct(values, p):
@@ -28,7 +32,7 @@ def pct(values, p):
 
 HEAD = ("contender", "clear s", "rows/s", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
         "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline",
-        "lookup WAL records")
+        "lookup WAL records per 1,000 lookups")
 
 
 def report(tsv):
@@ -54,13 +58,16 @@ def report(tsv):
         lo, hi = float(run["start"]) - began, float(run["end"]) - began
         hi = max(hi, lo + 1.0)  # a window of at least a second
         before, during = window(c, 1.0, lo), window(c, lo, hi)
-        base = window("none", lo, hi) if "none" in txns_of else during
+        # Without a no-cleanup run in the round there is no baseline: nan, left out of medians.
+        base = window("none", lo, hi) if "none" in txns_of else []
+        lookups = sum(1 for line in open(tsv.parent / f"pgbench_{c}.log") if line.split()[3] == "0")
+        wal = run.get("lookup_wal") or ""
         f = figures[c] = {
             "rows/s": int(run["rows"] or 0) / (hi - lo) if c != "none" else 0,
             "p99 vs before": pct(during, 0.99) / pct(before, 0.99),
             "p99 vs baseline": pct(during, 0.99) / pct(base, 0.99),
-            "tps vs baseline": len(during) / max(len(base), 1),
-            "lookup WAL records": int(run.get("lookup_wal") or 0),
+            "tps vs baseline": len(during) / len(base) if base else float("nan"),
+            "lookup WAL per 1,000": 1000 * int(wal) / lookups if wal and lookups else float("nan"),
         }
         lost = len(txns_of["none"]) - len(txns_of[c]) if "none" in txns_of else 0
         print(" | ".join([
@@ -68,7 +75,7 @@ def report(tsv):
             f"{len(before) / max(lo - 1.0, 1e-9):,.0f}", f"{len(during) / (hi - lo):,.0f}",
             f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{max(during, default=0):.1f}",
             f"{f['p99 vs before']:.2f}", f"{f['p99 vs baseline']:.2f}", f"{f['tps vs baseline']:.2f}",
-            f"{lost:,}", f"{f['lookup WAL records']:,}",
+            f"{lost:,}", f"{f['lookup WAL per 1,000']:.1f}",
         ]))
         per_second = {}
         for t, lat in txns_of[c]:
@@ -87,13 +94,19 @@ for tsv in rounds:
 if len(rounds) > 1:
     # The machine's own spread between runs is as large as the effects: the median of each
     # figure over the rounds is the one to quote.
-    keys = ("rows/s", "tps vs baseline", "p99 vs baseline", "p99 vs before", "lookup WAL records")
-    print(f"\nmedian over {len(rounds)} rounds:")
-    print(" | ".join(("contender",) + keys))
-    print(" | ".join("---" for _ in range(len(keys) + 1)))
-    for c in all_figures[0]:
-        values = [statistics.median(r[c][k] for r in all_figures if c in r) for k in keys]
-        print(" | ".join([c, f"{values[0]:,.0f}"] + [f"{v:.2f}" for v in values[1:4]] + [f"{values[4]:,.0f}"]))
+    keys = ("rows/s", "tps vs baseline", "p99 vs baseline", "p99 vs before", "lookup WAL per 1,000")
+    print(f"\nmedian over the rounds (of {len(rounds)}) that ran the contender:")
+    print(" | ".join(("contender", "rounds") + keys))
+    print(" | ".join("---" for _ in range(len(keys) + 2)))
+    contenders = list(dict.fromkeys(c for r in all_figures for c in r))
+    for c in contenders:
+        ran = [r[c] for r in all_figures if c in r]
+        values = []
+        for k in keys:
+            known = [f[k] for f in ran if not math.isnan(f[k])]
+            values.append(statistics.median(known) if known else float("nan"))
+        print(" | ".join([c, str(len(ran)), f"{values[0]:,.0f}"]
+                         + [f"{v:.2f}" for v in values[1:4]] + [f"{values[4]:.1f}"]))
 
 try:
     import matplotlib

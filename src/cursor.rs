@@ -105,8 +105,9 @@ impl Cursor {
             ""
         };
         match self {
-            Cursor::Pages { next, span, .. } => {
-                let range = page_range(*next, u64::from(*next) + u64::from(*span));
+            Cursor::Pages { .. } => {
+                let (first, end) = self.pages().expect("a page cursor has pages");
+                let range = page_range(first, end);
                 let which = if skip_locked {
                     format!("ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {range} AND {dead}{lock}))")
                 } else {

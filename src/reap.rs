@@ -59,7 +59,7 @@ pub struct Batch {
     /// Rows acted on: deleted, moved to the archive, or updated.
     pub deleted: i64,
     pub partitions: i32,
-    /// The pages `[first, end)` a page batch deleted from, for [`prune_pages`].
+    /// The pages `[first, end)` a page batch covered, for [`prune_pages`].
     pub pages: Option<(u32, u64)>,
     /// Where the next batch of the same run starts; None when the run is done.
     pub next: Option<Cursor>,
@@ -136,8 +136,9 @@ pub fn delete_batch(
 /// Prunes the pages `[first, end)` of `target` once the batch that deleted from them has
 /// committed: reading a page lets Postgres remove its dead row versions and compact it
 /// (heap_page_prune_opt, which every heap read does), so the reaper does that now instead of
-/// the first application query that reads each page after the batch. Measured: without it, the
-/// foreground pruned 53k of the 58k pages a 1M-row run deleted from. Read-only, as the owner.
+/// the first application query that reads each page after the batch (bench/interference.sh
+/// counts the app's prunes: see bench/README.md). Read-only, as the owner; it prunes only row
+/// versions no snapshot can see, so it never touches a live row.
 pub fn prune_pages(target: &Target, (first, end): (u32, u64)) {
     let statement = format!(
         "SELECT count(*) FROM {} WHERE {}",

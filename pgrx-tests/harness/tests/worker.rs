@@ -388,7 +388,11 @@ fn settings_reload_and_refuse_bad_values_with_their_range() {
 
 #[test]
 fn the_worker_prunes_the_pages_it_deleted_from_so_the_app_does_not() {
-    let (_pg, mut db) = with_reaper("prune", &["reaper.interval = '1h'"]);
+    // The worker prunes in the pause between batches (none with batch_delay = 0).
+    let (_pg, mut db) = with_reaper(
+        "prune",
+        &["reaper.interval = '1h'", "reaper.batch_delay = '20ms'"],
+    );
     // Dead and live rows on the same pages, most of them dead: a run walks page ranges.
     db.batch_execute(
         "CREATE EXTENSION pageinspect;
