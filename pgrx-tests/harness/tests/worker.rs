@@ -388,12 +388,34 @@ fn settings_reload_and_refuse_bad_values_with_their_range() {
 
 #[test]
 fn the_worker_prunes_the_pages_it_deleted_from_so_the_app_does_not() {
-    // The worker prunes in the pause between batches (none with batch_delay = 0).
-    let (_pg, mut db) = with_reaper(
-        "prune",
-        &["reaper.interval = '1h'", "reaper.batch_delay = '20ms'"],
+    let (unpruned, pruned) = reap_then_count_line_pointers("prune", "20ms");
+    assert_eq!(
+        unpruned, 0,
+        "every deleted row version of a full page was pruned"
     );
-    // Dead and live rows on the same pages, most of them dead: a run walks page ranges.
+    assert!(
+        pruned >= 29_000,
+        "the worker pruned the pages it deleted from ({pruned} of 30,000 pruned)"
+    );
+}
+
+#[test]
+fn a_flat_out_run_leaves_the_pruning_to_the_next_reader() {
+    // batch_delay = 0: no pause to prune in, the pages stay as one big DELETE leaves them.
+    let (unpruned, pruned) = reap_then_count_line_pointers("prune_flat_out", "0");
+    assert!(
+        unpruned >= 29_000,
+        "the deleted row versions wait for a reader ({unpruned} of 30,000 unpruned)"
+    );
+    assert_eq!(pruned, 0);
+}
+
+/// Reaps 30,000 dead rows interleaved with 10,000 live ones (page-range batches) with
+/// `reaper.batch_delay = delay`, then counts, on the table's raw pages, the deleted row
+/// versions of full pages nobody pruned and the pruned ones. Live rows are checked kept.
+fn reap_then_count_line_pointers(name: &str, delay: &str) -> (i64, i64) {
+    let batch_delay = format!("reaper.batch_delay = '{delay}'");
+    let (_pg, mut db) = with_reaper(name, &["reaper.interval = '1h'", &batch_delay]);
     db.batch_execute(
         "CREATE EXTENSION pageinspect;
          CREATE TABLE sessions (id bigserial PRIMARY KEY, token text NOT NULL, expires_at timestamptz NOT NULL)
@@ -441,20 +463,13 @@ fn the_worker_prunes_the_pages_it_deleted_from_so_the_app_does_not() {
     let unpruned = items(&format!("{full} AND lp_flags = 1 AND t_xmax <> '0'"));
     let pruned = items("lp_flags = 3");
     assert_eq!(
-        unpruned, 0,
-        "every deleted row version of a full page was pruned"
-    );
-    assert!(
-        pruned >= 29_000,
-        "the worker pruned the pages it deleted from ({pruned} of 30,000 pruned)"
-    );
-    assert_eq!(
         count(
             &mut db,
             "SELECT count(*) FROM sessions WHERE expires_at > now()"
         ),
         10_000
     );
+    (unpruned, pruned)
 }
 
 #[test]
