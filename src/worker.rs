@@ -332,7 +332,7 @@ impl Worker {
             // reader, as one big DELETE leaves them.
             let pausing =
                 !settings::batch_delay().is_zero() || settings::max_rows_per_second().is_some();
-            if let (Some(pages), true) = (batch.pages, batch.deleted > 0 && pausing) {
+            if let Some(pages) = batch.pages.filter(|_| batch.deleted > 0 && pausing) {
                 prune_behind(t, pages);
             }
             let Some(next) = batch.next else {
