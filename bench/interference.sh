@@ -22,7 +22,7 @@
 # B + R ms for 10 s, to tell what the CPU time alone costs the foreground on this machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROWS=${1:-2000000} DURATION=${2:-40} START=10 ROUNDS=${ROUNDS:-1}
+ROWS=${1:-2000000} DURATION=${2:-40} START=10 ROUNDS=${ROUNDS:-1} CLIENTS=${CLIENTS:-4}
 CONTENDERS=${CONTENDERS:-none delete cron loop reaper reaper_fast}
 OUT=${OUT:-${SR_TMP:-/tmp}/session_reaper_interference}
 mkdir -p "$OUT"
@@ -102,17 +102,23 @@ clear() {
       done
       echo "$start $(now_s) $rows" ;;
     cpu:*)
+      # In a backend, so in the server's scheduling group (pg_ctl starts the server in its own
+      # session, and with autogroup Linux shares the CPU between sessions first): where the
+      # worker's CPU time is.
       IFS=: read -r _ burn rest <<< "$1"
       [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
       start=$(now_s)
-      python3 -c "
-import time
-end = time.time() + 10
-while time.time() < end:
-    busy = time.time() + $burn / 1000
-    while time.time() < busy:
-        pass
-    time.sleep($rest / 1000)"
+      cluster_psql -q <<SQL
+DO \$\$
+DECLARE stop timestamptz := clock_timestamp() + interval '10 s'; busy timestamptz;
+BEGIN
+  WHILE clock_timestamp() < stop LOOP
+    busy := clock_timestamp() + $burn * interval '1 ms';
+    WHILE clock_timestamp() < busy LOOP END LOOP;
+    PERFORM pg_sleep($rest / 1000.0);
+  END LOOP;
+END \$\$;
+SQL
       echo "$start $(now_s) 0" ;;
     reaper*)
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
@@ -148,7 +154,7 @@ for round in $(seq 1 "$ROUNDS"); do
       # pg_cron fires on the minute: begin the workload START seconds before the next one.
       sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
     fi
-    as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 4 -j 2 -T "$DURATION" -D live=$((ROWS / 2)) \
+    as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c "$CLIENTS" -j 2 -T "$DURATION" -D live=$((ROWS / 2)) \
       -l --log-prefix="$scripts/pgb_$contender" \
       -f "$scripts/lookup.sql@85" -f "$scripts/refresh.sql@10" -f "$scripts/insert.sql@5" postgres >/dev/null 2>&1 &
     bench=$!
@@ -165,5 +171,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" | tee bench/last_interference.txt
-cp "$OUT"/interference_*.png bench/ 2>/dev/null || true
+REPORT=${REPORT:-bench/last_interference.txt}
+python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" "$CLIENTS" | tee "$REPORT"
+cp "$OUT"/interference_*.png "$(dirname "$REPORT")/" 2>/dev/null || true

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""interference_report.py OUT DURATION — the table and plots of bench/interference.sh.
+"""interference_report.py OUT DURATION ROUNDS CLIENTS — the table and plots of bench/interference.sh.
 
 Reads OUT/round<N>/clearing.tsv (per contender: when clearing started and ended, rows, when
 pgbench began, WAL records of the app's lookups) and OUT/round<N>/pgbench_<contender>.log
@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-out, duration = Path(sys.argv[1]), float(sys.argv[2])
+out, duration, clients = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[4]
 # Only the rounds of the last run: an earlier run with more rounds leaves its directories.
 rounds = [out / f"round{n}" / "clearing.tsv" for n in range(1, int(sys.argv[3]) + 1)]
 rounds = [tsv for tsv in rounds if tsv.exists()]
@@ -128,7 +128,7 @@ for name, pick, label in (("tps", len, "foreground transactions per second"),
     if name == "p99":
         plt.yscale("log")
     plt.legend()
-    plt.title(f"pgbench session store, 4 clients, while a backlog is cleared ({label})")
+    plt.title(f"pgbench session store, {clients} clients, while a backlog is cleared ({label})")
     plt.tight_layout()
     plt.savefig(out / f"interference_{name}.png", dpi=90)
     print(f"wrote {out / f'interference_{name}.png'}")
