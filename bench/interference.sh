@@ -50,21 +50,7 @@ cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cro
 
 # The foreground: live rows have odd ids.
 scripts=$(mktemp -d)
-chmod 755 "$scripts"
-[ "$(id -u)" -ne 0 ] || chown postgres "$scripts"   # pgbench runs as postgres and logs here
-cat > "$scripts/lookup.sql" <<'SQL'
-\set id 2 * random(1, :live) - 1
-SELECT token, data FROM sessions WHERE id = :id;
-SQL
-cat > "$scripts/refresh.sql" <<'SQL'
-\set id 2 * random(1, :live) - 1
-UPDATE sessions SET expires_at = now() + interval '1 hour' WHERE id = :id;
-SQL
-cat > "$scripts/insert.sql" <<'SQL'
-\set u random(1, 50000)
-INSERT INTO sessions (user_id, token, data, created_at, expires_at)
-VALUES (:u, md5(random()::text), '{"ua": "bench"}', now(), now() + interval '1 hour');
-SQL
+session_store_scripts "$scripts"
 
 now_s() { date +%s.%N; }
 # WAL records the foreground's lookups wrote since the last pg_stat_statements_reset().
@@ -102,23 +88,10 @@ clear() {
       done
       echo "$start $(now_s) $rows" ;;
     cpu:*)
-      # In a backend, so in the server's scheduling group (pg_ctl starts the server in its own
-      # session, and with autogroup Linux shares the CPU between sessions first): where the
-      # worker's CPU time is.
       IFS=: read -r _ burn rest <<< "$1"
       [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
       start=$(now_s)
-      cluster_psql -q <<SQL
-DO \$\$
-DECLARE stop timestamptz := clock_timestamp() + interval '10 s'; busy timestamptz;
-BEGIN
-  WHILE clock_timestamp() < stop LOOP
-    busy := clock_timestamp() + $burn * interval '1 ms';
-    WHILE clock_timestamp() < busy LOOP END LOOP;
-    PERFORM pg_sleep($rest / 1000.0);
-  END LOOP;
-END \$\$;
-SQL
+      burn_cpu "$burn" "$rest"
       echo "$start $(now_s) 0" ;;
     reaper*)
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
@@ -154,9 +127,7 @@ for round in $(seq 1 "$ROUNDS"); do
       # pg_cron fires on the minute: begin the workload START seconds before the next one.
       sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
     fi
-    as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c "$CLIENTS" -j 2 -T "$DURATION" -D live=$((ROWS / 2)) \
-      -l --log-prefix="$scripts/pgb_$contender" \
-      -f "$scripts/lookup.sql@85" -f "$scripts/refresh.sql@10" -f "$scripts/insert.sql@5" postgres >/dev/null 2>&1 &
+    session_store "$scripts" "$CLIENTS" "$DURATION" $((ROWS / 2)) -l --log-prefix="$scripts/pgb_$contender" >/dev/null 2>&1 &
     bench=$!
     began=$(now_s)
     [ "$contender" = cron ] || sleep "$START"

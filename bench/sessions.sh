@@ -1,11 +1,16 @@
-# sessions.sh — the MEASUREMENTS.md sessions table, for the benchmarks. Sourced after
-# scripts/cluster.sh has started a cluster.
+# sessions.sh — the MEASUREMENTS.md sessions table and the pgbench session store that runs on
+# it, for the benchmarks. Sourced after scripts/cluster.sh has started a cluster.
 #
 #   fill_sessions ROWS   # (re)creates `sessions`: ROWS rows, ~256 bytes each, every other one
 #                        # expired (even ids) and the rest live for an hour or more (odd ids);
 #                        # indexed on expires_at and user_id, analyzed, cached, checkpointed.
 #                        # Forgets every session_reaper target and run, so a contender that
 #                        # reads the history reads only its own.
+#   session_store_scripts DIR                    # writes the store's pgbench scripts into DIR
+#   session_store DIR CLIENTS SECONDS LIVE [PGBENCH_ARGS...]
+#                        # runs the store: 85% lookups, 10% refreshes, 5% inserts, all on the
+#                        # LIVE live rows (odd ids), 2 pgbench threads
+#   burn_cpu BURN_MS REST_MS   # a backend that burns BURN_MS of every BURN_MS + REST_MS, 10 s
 fill_sessions() {
   cluster_psql -q <<SQL >/dev/null
 DROP TABLE IF EXISTS sessions;
@@ -25,5 +30,47 @@ CREATE INDEX ON sessions (user_id);
 VACUUM ANALYZE sessions;
 SELECT count(*) FROM sessions;  -- warm the cache
 CHECKPOINT;
+SQL
+}
+
+session_store_scripts() {
+  chmod 755 "$1"
+  [ "$(id -u)" -ne 0 ] || chown postgres "$1"   # pgbench runs as postgres and may log here
+  cat > "$1/lookup.sql" <<'PGB'
+\set id 2 * random(1, :live) - 1
+SELECT token, data FROM sessions WHERE id = :id;
+PGB
+  cat > "$1/refresh.sql" <<'PGB'
+\set id 2 * random(1, :live) - 1
+UPDATE sessions SET expires_at = now() + interval '1 hour' WHERE id = :id;
+PGB
+  cat > "$1/insert.sql" <<'PGB'
+\set u random(1, 50000)
+INSERT INTO sessions (user_id, token, data, created_at, expires_at)
+VALUES (:u, md5(random()::text), '{"ua": "bench"}', now(), now() + interval '1 hour');
+PGB
+}
+
+session_store() {
+  local dir=$1 clients=$2 seconds=$3 live=$4
+  shift 4
+  as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c "$clients" -j 2 -T "$seconds" -D live="$live" "$@" \
+    -f "$dir/lookup.sql@85" -f "$dir/refresh.sql@10" -f "$dir/insert.sql@5" postgres
+}
+
+# In a backend, so in the server's scheduling group, where the worker's CPU time is: with
+# autogroup (the kernel default) Linux shares the CPU between sessions first, and every
+# Postgres process is a session of its own.
+burn_cpu() {
+  cluster_psql -q <<SQL
+DO \$\$
+DECLARE stop timestamptz := clock_timestamp() + interval '10 s'; busy timestamptz;
+BEGIN
+  WHILE clock_timestamp() < stop LOOP
+    busy := clock_timestamp() + $1 * interval '1 ms';
+    WHILE clock_timestamp() < busy LOOP END LOOP;
+    PERFORM pg_sleep($2 / 1000.0);
+  END LOOP;
+END \$\$;
 SQL
 }
