@@ -59,7 +59,7 @@ session_store() {
 }
 
 # In a backend, so in the server's scheduling group, where the worker's CPU time is: with
-# autogroup (the kernel default) Linux shares the CPU between sessions first, and every
+# autogroup (kernel.sched_autogroup_enabled) Linux shares the CPU between sessions first, and every
 # Postgres process is a session of its own.
 burn_cpu() {
   cluster_psql -q <<SQL
