@@ -5,7 +5,8 @@
 #
 #   bash bench/idle_and_scale.sh [TARGETS] [DATABASES] [SECONDS]   # default 1000 10 60
 #
-# Prints: reaper_stats() latency (pgbench, 200 calls), the CPU the reaper's processes use over
+# Prints: reaper_stats() latency (pgbench, 200 calls; and pg_stat_user_tables' over the same
+# tables, as a yardstick), the CPU the reaper's processes use over
 # SECONDS when nothing is due (from /proc/<pid>/stat), and one reaper_wake() round over every
 # target with nothing to delete (time until all runs are recorded).
 set -euo pipefail
@@ -37,10 +38,14 @@ runs() { cluster_psql -At -d scale -c "SELECT count(*) FROM reaper_history"; }
 for _ in $(seq 1 600); do [ "$(runs)" -ge "$TARGETS" ] && break; sleep 0.5; done
 [ "$(runs)" -ge "$TARGETS" ] || { echo "the first round did not finish"; exit 1; }
 
-echo "== reaper_stats() latency with $TARGETS targets (pgbench, 200 calls, one client)"
-echo "SELECT * FROM reaper_stats();" > "$CLUSTER_DIR/stats.sql"
-as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 1 -t 200 -f "$CLUSTER_DIR/stats.sql" scale 2>/dev/null |
-  grep -E "latency average"
+# Against a yardstick of the same run, since this machine's speed varies from day to day: the
+# core statistics view over the same tables.
+echo "== reaper_stats() latency with $TARGETS targets (pgbench, 200 calls, one client), and pg_stat_user_tables' over them"
+for query in "SELECT * FROM reaper_stats()" "SELECT * FROM pg_stat_user_tables"; do
+  echo "$query;" > "$CLUSTER_DIR/stats.sql"
+  as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 1 -t 200 -f "$CLUSTER_DIR/stats.sql" scale 2>/dev/null |
+    grep -E "latency average" | sed "s/^/$query: /"
+done
 
 echo "== CPU of the reaper's processes over ${SECONDS_IDLE}s with nothing due"
 pids=$(cluster_psql -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'")
