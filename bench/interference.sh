@@ -18,8 +18,11 @@
 # DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
 # UPDATE SKIP LOCKED, a commit each, as careful apps write), reaper (session_reaper's worker
 # with its defaults), reaper_fast (batch_delay 0, batch_size 40000), reaper:N:D (batch_size N,
-# batch_delay D ms), cpu:B:R (no database work at all: a process that burns a core B ms of every
-# B + R ms for 10 s, to tell what the CPU time alone costs the foreground on this machine).
+# batch_delay D ms), cpu:B:R (no database work at all: a backend that burns a core B ms of every
+# B + R ms for 10 s, to tell what the CPU time alone costs the foreground on this machine),
+# other (reaper's defaults on a copy of the table the app never reads: its work without
+# touching the app's pages), scan (the pages of reaper's batches read at its pace, nothing
+# deleted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000} DURATION=${2:-40} START=10 ROUNDS=${ROUNDS:-1} CLIENTS=${CLIENTS:-4}
@@ -93,6 +96,29 @@ clear() {
       start=$(now_s)
       burn_cpu "$burn" "$rest"
       echo "$start $(now_s) 0" ;;
+    other)
+      # The reaper's defaults on a copy of the table that the app never reads.
+      cluster_psql -q -c "SELECT reaper_register('other')" >/dev/null
+      until [ "$(cluster_psql -At -c "SELECT count(*) FROM reaper_history WHERE rows > 0")" -gt 0 ]; do sleep 0.2; done
+      cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
+                                   FROM reaper_history WHERE rows > 0" ;;
+    scan)
+      # The pages of the reaper's batches read at its pace, nothing deleted: 700 pages (about
+      # 10,000 dead rows here) every 90 ms.
+      start=$(now_s)
+      cluster_psql -q <<'SQL'
+DO $$
+DECLARE first int := 0; pages int := (SELECT relpages FROM pg_class WHERE relname = 'sessions');
+BEGIN
+  WHILE first < pages LOOP
+    PERFORM count(*) FROM sessions
+      WHERE ctid >= format('(%s,0)', first)::tid AND ctid < format('(%s,0)', first + 700)::tid;
+    first := first + 700;
+    PERFORM pg_sleep(0.09);
+  END LOOP;
+END $$;
+SQL
+      echo "$start $(now_s) 0" ;;
     reaper*)
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
       local spec=${1#reaper}
@@ -121,6 +147,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for contender in $CONTENDERS; do
     echo "== round $round: $contender"
     fill_sessions "$ROWS"
+    if [ "$contender" = other ]; then
+      cluster_psql -q -c "DROP TABLE IF EXISTS other" -c "CREATE TABLE other AS SELECT * FROM sessions" \
+        -c "CREATE INDEX ON other (expires_at)" -c "VACUUM ANALYZE other" -c "CHECKPOINT" >/dev/null
+    fi
     cluster_psql -q -c "SELECT pg_stat_statements_reset()" >/dev/null
     rm -f "$scripts"/pgb_"$contender".*
     if [ "$contender" = cron ]; then
@@ -138,7 +168,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo -e "$contender\t$start\t$end\t$rows\t$began\t$(lookup_wal)" >> "$dir/clearing.tmp"
     mv "$dir/clearing.tmp" "$dir/clearing.tsv"
     left=$(dead)
-    case $contender in none | cpu:*) ;; *) [ "$left" -lt 1000 ] || echo "   ($left expired rows left)" ;; esac
+    case $contender in none | cpu:* | other | scan) ;; *) [ "$left" -lt 1000 ] || echo "   ($left expired rows left)" ;; esac
   done
 done
 
