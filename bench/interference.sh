@@ -61,6 +61,12 @@ lookup_wal() {
   cluster_psql -At -c "SELECT coalesce(sum(wal_records), 0) FROM pg_stat_statements
                         WHERE query LIKE 'SELECT token, data FROM sessions%'"
 }
+# first_reaping_run: waits for the worker's first run that deleted rows; prints "start end rows".
+first_reaping_run() {
+  until [ "$(cluster_psql -At -c "SELECT count(*) FROM reaper_history WHERE rows > 0")" -gt 0 ]; do sleep 0.2; done
+  cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
+                               FROM reaper_history WHERE rows > 0"
+}
 dead() { cluster_psql -At -c "SELECT count(*) FROM sessions WHERE expires_at < now()"; }
 
 # clear CONTENDER: clears the expired rows; prints "start end rows" (Unix seconds).
@@ -91,17 +97,13 @@ clear() {
       done
       echo "$start $(now_s) $rows" ;;
     cpu:*)
-      IFS=: read -r _ burn rest <<< "$1"
-      [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
       start=$(now_s)
-      burn_cpu "$burn" "$rest"
+      burn_cpu "$1"
       echo "$start $(now_s) 0" ;;
     other)
       # The reaper's defaults on a copy of the table that the app never reads.
       cluster_psql -q -c "SELECT reaper_register('other')" >/dev/null
-      until [ "$(cluster_psql -At -c "SELECT count(*) FROM reaper_history WHERE rows > 0")" -gt 0 ]; do sleep 0.2; done
-      cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
-                                   FROM reaper_history WHERE rows > 0" ;;
+      first_reaping_run ;;
     scan)
       # The pages of the reaper's batches read at its pace, nothing deleted: 700 pages (about
       # 10,000 dead rows here) every 90 ms.
@@ -130,9 +132,7 @@ SQL
       else
         cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null
       fi
-      until [ "$(cluster_psql -At -c "SELECT count(*) FROM reaper_history WHERE rows > 0")" -gt 0 ]; do sleep 0.2; done
-      cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
-                                   FROM reaper_history WHERE rows > 0"
+      first_reaping_run
       cluster_psql -q -c "ALTER SYSTEM RESET reaper.batch_delay" -c "SELECT pg_reload_conf()" >/dev/null
       ;;
   esac

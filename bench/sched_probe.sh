@@ -12,12 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONTENDER=${1:-reaper} CLIENTS=${2:-4} ROWS=2000000
+[[ $CONTENDER == reaper || $CONTENDER =~ ^cpu:[0-9]+:[0-9]+$ ]] ||
+  { echo "unknown contender $CONTENDER: reaper or cpu:BURN_MS:REST_MS" >&2; exit 1; }
 command -v perf >/dev/null ||
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 
 source scripts/cluster.sh
 source bench/sessions.sh
-cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_sched}" "${BENCH_PORT:-54344}" \
+cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_sched}" "${BENCH_PORT:-54345}" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
   "reaper.interval = '1h'" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
@@ -36,11 +38,7 @@ cluster_psql -At -F ' ' -c "SELECT pid, CASE WHEN application_name = 'pgbench' T
 perf sched record -k mono -o "$out/before.data" -- sleep 4 >/dev/null 2>&1
 case $CONTENDER in
   reaper) cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null ;;
-  cpu:*)
-    IFS=: read -r _ burn rest <<< "$CONTENDER"
-    [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $CONTENDER: cpu:BURN_MS:REST_MS" >&2; exit 1; }
-    burn_cpu "$burn" "$rest" & ;;
-  *) echo "unknown contender $CONTENDER: reaper or cpu:B:R" >&2; exit 1 ;;
+  cpu:*) burn_cpu "$CONTENDER" & ;;
 esac
 sleep 1
 perf sched record -k mono -o "$out/during.data" -- sleep 4 >/dev/null 2>&1

@@ -10,7 +10,7 @@
 #   session_store DIR CLIENTS SECONDS LIVE [PGBENCH_ARGS...]
 #                        # runs the store: 85% lookups, 10% refreshes, 5% inserts, all on the
 #                        # LIVE live rows (odd ids), 2 pgbench threads
-#   burn_cpu BURN_MS REST_MS   # a backend that burns BURN_MS of every BURN_MS + REST_MS, 10 s
+#   burn_cpu cpu:B:R     # a backend that burns a core B ms of every B + R ms, for 10 s
 fill_sessions() {
   cluster_psql -q <<SQL >/dev/null
 DROP TABLE IF EXISTS sessions;
@@ -62,14 +62,17 @@ session_store() {
 # autogroup (kernel.sched_autogroup_enabled) Linux shares the CPU between sessions first, and every
 # Postgres process is a session of its own.
 burn_cpu() {
+  local burn rest
+  IFS=: read -r _ burn rest <<< "$1"
+  [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
   cluster_psql -q <<SQL
 DO \$\$
 DECLARE stop timestamptz := clock_timestamp() + interval '10 s'; busy timestamptz;
 BEGIN
   WHILE clock_timestamp() < stop LOOP
-    busy := clock_timestamp() + $1 * interval '1 ms';
+    busy := clock_timestamp() + $burn * interval '1 ms';
     WHILE clock_timestamp() < busy LOOP END LOOP;
-    PERFORM pg_sleep($2 / 1000.0);
+    PERFORM pg_sleep($rest / 1000.0);
   END LOOP;
 END \$\$;
 SQL

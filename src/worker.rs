@@ -477,7 +477,8 @@ fn analyze_if_large(t: &Target, rows: i64, share: f64) {
 /// reap::prune_pages). Only a saving for the application's queries, so a failure does not end
 /// the run: a lock timeout (DDL waiting on the table) is expected and logged at DEBUG1, anything
 /// else (a cancel, a statement timeout, a dropped table) is a WARNING with its SQLSTATE.
-/// A flat-out run (batch_delay = 0) skips it: it cost one about a sixth of its rows/s.
+/// A flat-out run (batch_delay = 0, no max_rows_per_second) skips it: it cost one about a
+/// sixth of its rows/s.
 fn prune_behind(t: &Target, pages: (u32, u64)) {
     let pruned = in_transaction(|| {
         pinned(|| {
