@@ -5,7 +5,8 @@
 //!   range scan), one pass that deletes every dead row in it, as cheap per row as one big
 //!   DELETE. The range is sized from the rows deleted so far to hold about `limit` dead rows
 //!   (never more than twice that). Used when the dead rows are a large share of the table, or
-//!   when no index leads with the expiry column.
+//!   when no index leads with the expiry column; never on a table with partitions or
+//!   inheritance children, whose pages are not the parent's.
 //! - **Expiry order**: pick at most `limit` dead rows through the index, from where the last
 //!   batch stopped, then delete those still dead by physical address. Reads only dead rows:
 //!   used for the usual small backlog, and when a run must stop at an exact row count.
@@ -35,8 +36,8 @@ pub enum Cursor {
     },
     /// In expiry order from this value of the column (None: from the lowest).
     Expiry(Option<String>),
-    /// From the beginning each time: a partitioned table without an index on the column
-    /// (physical positions repeat across partitions).
+    /// From the beginning each time: a table with partitions or children and no index on the
+    /// column (physical positions repeat across them).
     FromStart,
     /// Dropping whole dead partitions (action drop_partitions), one per batch, before the rows.
     Partitions,
@@ -55,7 +56,7 @@ impl Cursor {
     /// since a page range cannot stop at a row count. Runs in the batch's transaction, as the
     /// table's owner.
     pub fn begin(target: &Target, limit: i64, exact: bool) -> Cursor {
-        if target.partitioned || exact {
+        if target.has_children || exact {
             return if target.indexed {
                 Cursor::Expiry(None)
             } else {

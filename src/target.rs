@@ -57,7 +57,9 @@ pub struct Target {
     pub kind: ColumnKind,
     /// A valid, non-partial btree index leads with the expiry column.
     pub indexed: bool,
-    pub partitioned: bool,
+    /// Its rows live in more than one relation: partitions, or inheritance children (which a
+    /// `DELETE FROM` it reaches too). Physical positions repeat across them.
+    pub has_children: bool,
     pub timezone: Option<String>,
     /// grace + ttl as interval text: how far before now() the cutoff lies.
     pub offset: String,
@@ -108,7 +110,8 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                          WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum AND am.amname = 'btree'
                            AND i.indisvalid AND i.indpred IS NULL),
                 t.action, t.update_set,
-                (SELECT ac.oid FROM pg_catalog.pg_class ac WHERE ac.oid = t.archive_table)
+                (SELECT ac.oid FROM pg_catalog.pg_class ac WHERE ac.oid = t.archive_table),
+                c.relkind = 'p' OR c.relhassubclass
            FROM {schema}.reaper_target t
            LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
            LEFT JOIN pg_catalog.pg_class c ON c.oid = t.relid
@@ -165,7 +168,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
                     Ok(action) => Ok(Target {
                         column_type: column_type.unwrap_or_default(),
                         indexed: row.get(20)?.unwrap_or(false),
-                        partitioned: relkind == "p",
+                        has_children: row.get(24)?.unwrap_or(false),
                         relid,
                         name: name.clone(),
                         schema: row.get(5)?.expect("schema"),

@@ -392,6 +392,36 @@ pub(crate) mod tests {
         assert_eq!(count("SELECT count(*) FROM sessions"), 1500);
     }
 
+    /// A table with inheritance children is reaped as `DELETE FROM parent` would be, children
+    /// included, however many pages they have: page ranges of the parent say nothing of theirs.
+    #[pg_test]
+    fn inheritance_children_are_reaped_with_their_parent() {
+        sessions_table();
+        run("CREATE TABLE old_sessions () INHERITS (sessions)");
+        let half_dead = |table: &str, rows: i32| {
+            run(&format!(
+                "INSERT INTO {table} (token, expires_at)
+                   SELECT CASE WHEN g % 2 = 0 THEN 'dead' ELSE 'live' END,
+                          now() + CASE WHEN g % 2 = 0 THEN -1 ELSE 1 END * interval '1 hour'
+                     FROM generate_series(1, {rows}) g"
+            ))
+        };
+        half_dead("sessions", 200);
+        half_dead("old_sessions", 4000);
+        run("ANALYZE sessions");
+        run("SELECT reaper_register('sessions', batch_size => 100)");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            2100
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'dead'"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM ONLY sessions"), 100);
+        assert_eq!(count("SELECT count(*) FROM old_sessions"), 2000);
+    }
+
     /// Batches resume in index order from the previous batch's last expiry value: rows that
     /// share that value across a batch boundary are not skipped.
     #[pg_test]
