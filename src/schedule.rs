@@ -6,7 +6,9 @@ use crate::errors::catch_pg_error;
 use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
+use pgrx::datum::Interval;
 use pgrx::prelude::*;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// When a target runs: a fixed time after its previous run, or at the times of a cron
@@ -18,17 +20,17 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The schedule of a target: its own (`text`, with `seconds` when it is an interval, as the
-    /// registry query computes it), or `reaper.interval`.
-    pub fn of(text: Option<&str>, seconds: Option<f64>) -> Self {
-        match (text, seconds) {
-            (Some(text), _) if is_cron(text) => match parse_cron(text) {
-                Ok(cron) => Self::Cron(Box::new(cron)),
-                Err(_) => Self::Every(crate::settings::interval()),
-            },
-            (Some(_), Some(seconds)) => Self::Every(Duration::from_secs_f64(seconds.max(1.0))),
-            _ => Self::Every(crate::settings::interval()),
-        }
+    /// The schedule of a target: its own (`text`, checked when it was registered), or
+    /// `reaper.interval`.
+    pub fn of(text: Option<&str>) -> Self {
+        let own = text.and_then(|text| {
+            if is_cron(text) {
+                parse_cron(text).ok().map(|cron| Self::Cron(Box::new(cron)))
+            } else {
+                interval_duration(text).map(|every| Self::Every(every.max(Duration::from_secs(1))))
+            }
+        });
+        own.unwrap_or_else(|| Self::Every(crate::settings::interval()))
     }
 
     /// The next run after one that started at `last` (Unix seconds); a target that never ran
@@ -66,6 +68,12 @@ fn parse_cron(text: &str) -> Result<Cron, String> {
         .build()
         .parse(text)
         .map_err(|e| format!("not a valid cron expression ({e})"))
+}
+
+/// An interval schedule's length, read by Postgres' own interval input (a month is 30 days);
+/// None when it is not one. Registration checked the text with the same input function.
+fn interval_duration(text: &str) -> Option<Duration> {
+    Duration::try_from(Interval::from_str(text).ok()?).ok()
 }
 
 /// An interval of at least one second, checked by Postgres' own interval input.

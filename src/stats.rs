@@ -1,108 +1,54 @@
-//! stats.rs — `reaper_stats()`: one row per target the caller can see, with what the reaper
-//! has done and what it left behind (both from `reaper_state`), and when it runs next.
+//! stats.rs — what `reaper_stats()` needs from outside the registry: this database's worker
+//! (shared memory) and each target's next run (its schedule, which may be cron).
 //!
-//! One query, nothing planned per target: the backlog is measured at the end of each run
-//! (backlog.rs), so scraping every few seconds stays cheap with thousands of targets.
+//! `reaper_stats()` itself is SQL (api.sql): the view `reaper_target_stats` over the registry,
+//! filtered by what the caller may see, with these two functions in it. Planned and run as one
+//! query, it costs less than the core's `pg_stat_user_tables` over as many tables: rows are not
+//! copied out through SPI and formed again (bench/README.md, "Idle and scale"). The backlog it
+//! shows is measured at the end of each run (backlog.rs), so scraping stays cheap.
 
 use crate::history::unix_now;
 use crate::schedule::Schedule;
-use crate::security::as_role;
 use crate::shmem::{Slot, WorkerState, SHARED};
-use crate::sql::{ext_owner, ext_schema, pinned};
-use crate::target::SCHEDULE_SECONDS;
-use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
-/// reaper_stats reports every target the caller may read: counters, backlog, next run.
+/// Postgres' epoch (2000-01-01) in Unix seconds.
+const POSTGRES_EPOCH: f64 = 946_684_800.0;
+
+/// This database's worker: its pid, what it is doing and the target it is on (one row).
 #[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
-fn reaper_stats_v2() -> TableIterator<
+fn reaper_worker() -> TableIterator<
     'static,
     (
-        name!(target, pg_sys::Oid),
-        name!(column_name, String),
-        name!(enabled, bool),
-        name!(schedule, Option<String>),
-        name!(last_run_at, Option<TimestampWithTimeZone>),
-        name!(last_success_at, Option<TimestampWithTimeZone>),
-        name!(last_status, Option<String>),
-        name!(last_error, Option<String>),
-        name!(last_deleted, Option<i64>),
-        name!(total_deleted, i64),
-        name!(total_runs, i64),
-        name!(total_errors, i64),
-        name!(last_duration, Option<Interval>),
-        name!(dead_rows_estimate, Option<i64>),
-        name!(oldest_dead_age, Option<Interval>),
-        name!(next_run_at, Option<TimestampWithTimeZone>),
-        name!(worker_pid, Option<i32>),
-        name!(worker_state, String),
+        name!(pid, Option<i32>),
+        name!(state, String),
         name!(current_target, Option<pg_sys::Oid>),
-        name!(backlog_at, Option<TimestampWithTimeZone>),
     ),
 > {
-    let rows = pinned(|| {
-        let worker = worker_slot();
-        let now = unix_now();
-        let query = format!(
-            "SELECT t.relid::oid, t.column_name::text, t.enabled, t.schedule, s.last_run_at,
-                    s.last_status, s.last_error, s.last_deleted, coalesce(s.total_deleted, 0),
-                    coalesce(s.total_runs, 0), coalesce(s.total_errors, 0), s.last_duration,
-                    s.backlog_rows, now() - s.oldest_dead_expiry, s.backlog_at,
-                    {SCHEDULE_SECONDS}, extract(epoch FROM s.last_run_at)::float8, s.last_success_at
-               FROM {schema}.reaper_target t
-               LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
-              WHERE {schema}.reaper_can_see(t.relid, $1)
-              ORDER BY t.id",
-            schema = ext_schema(),
-        );
-        // The registry is read as the extension's owner, filtered by what the caller may see.
-        let caller = unsafe { pg_sys::GetUserId() };
-        as_role(ext_owner(), || {
-            Spi::connect(|client| {
-                let mut out = Vec::new();
-                for row in client.select(query.as_str(), None, &[caller.into()])? {
-                    let enabled = row.get(3)?.unwrap_or(false);
-                    let schedule: Option<String> = row.get(4)?;
-                    let next_run = enabled.then(|| {
-                        let schedule =
-                            Schedule::of(schedule.as_deref(), row.get(16).ok().flatten());
-                        timestamp(schedule.next_run(row.get(17).ok().flatten(), now))
-                    });
-                    out.push((
-                        row.get(1)?.expect("relid"),
-                        row.get(2)?.expect("column_name"),
-                        enabled,
-                        schedule,
-                        row.get(5)?,
-                        row.get(18)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                        row.get(9)?.unwrap_or(0),
-                        row.get(10)?.unwrap_or(0),
-                        row.get(11)?.unwrap_or(0),
-                        row.get(12)?,
-                        row.get(13)?,
-                        row.get(14)?,
-                        next_run,
-                        worker.map(|w| w.pid).filter(|pid| *pid != 0),
-                        worker
-                            .map_or(WorkerState::Free, |w| w.state)
-                            .as_str()
-                            .to_string(),
-                        worker
-                            .map(|w| pg_sys::Oid::from(w.current))
-                            .filter(|oid| *oid != pg_sys::InvalidOid),
-                        row.get(15)?,
-                    ));
-                }
-                Ok::<_, pgrx::spi::Error>(out)
-            })
-        })
-        .expect("reading reaper_state")
-    });
-    TableIterator::new(rows)
+    let worker = worker_slot();
+    TableIterator::once((
+        worker.map(|w| w.pid).filter(|pid| *pid != 0),
+        worker
+            .map_or(WorkerState::Free, |w| w.state)
+            .as_str()
+            .to_string(),
+        worker
+            .map(|w| pg_sys::Oid::from(w.current))
+            .filter(|oid| *oid != pg_sys::InvalidOid),
+    ))
+}
+
+/// When a target with this schedule (None: `reaper.interval`) whose last run started at
+/// `last_run_at` runs next; a target that never ran is due now.
+#[pg_extern(sql = false)]
+fn reaper_next_run(
+    schedule: Option<&str>,
+    last_run_at: Option<TimestampWithTimeZone>,
+) -> TimestampWithTimeZone {
+    let last = last_run_at.map(|at| pg_sys::TimestampTz::from(at) as f64 / 1e6 + POSTGRES_EPOCH);
+    timestamp(Schedule::of(schedule).next_run(last, unix_now()))
 }
 
 /// This database's worker slot, if it has a worker.
@@ -113,7 +59,6 @@ fn worker_slot() -> Option<Slot> {
 
 /// A Unix time as a timestamptz.
 fn timestamp(unix_seconds: f64) -> TimestampWithTimeZone {
-    const POSTGRES_EPOCH: f64 = 946_684_800.0;
     if !unix_seconds.is_finite() {
         return TimestampWithTimeZone::positive_infinity();
     }

@@ -89,21 +89,13 @@ impl Registered {
     }
 }
 
-/// A registry query's column for a target's schedule in seconds, when it is an interval
-/// (a cron expression has five fields): see Schedule::of.
-pub const SCHEDULE_SECONDS: &str = "CASE WHEN t.schedule IS NOT NULL
-           AND array_length(regexp_split_to_array(btrim(t.schedule), '\\s+'), 1) <> 5
-          THEN extract(epoch FROM t.schedule::interval)::float8 END";
-
 /// Reads the registry (one table, or all when `relid` is None), joined with the catalog.
 pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
     let query = format!(
         "SELECT t.id, t.relid::oid, t.relid::text, c.relowner, n.nspname::text, c.relname::text,
                 c.relkind::text, t.column_name::text, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod),
                 t.timezone, (t.grace + coalesce(t.ttl, '0'))::text, t.ttl::text, t.predicate,
-                t.batch_size, t.enabled, t.schedule,
-                {SCHEDULE_SECONDS},
-                                extract(epoch FROM s.last_run_at)::float8,
+                t.batch_size, t.enabled, t.schedule, extract(epoch FROM s.last_run_at)::float8,
                 EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
                           JOIN pg_catalog.pg_am am ON am.oid = ic.relam
@@ -143,8 +135,8 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
     let owner: Option<pg_sys::Oid> = row.get(4)?;
     let enabled: bool = row.get(16)?.unwrap_or(false);
     let schedule_text: Option<String> = row.get(17)?;
-    let schedule = Schedule::of(schedule_text.as_deref(), row.get(18)?);
-    let last_run: Option<f64> = row.get(19)?;
+    let schedule = Schedule::of(schedule_text.as_deref());
+    let last_run: Option<f64> = row.get(18)?;
     let target = match owner {
         None => Err(ReaperError::TableMissing {
             target: name.clone(),
@@ -167,8 +159,8 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
                     Err(e) => Err(e),
                     Ok(action) => Ok(Target {
                         column_type: column_type.unwrap_or_default(),
-                        indexed: row.get(20)?.unwrap_or(false),
-                        has_children: row.get(24)?.unwrap_or(false),
+                        indexed: row.get(19)?.unwrap_or(false),
+                        has_children: row.get(23)?.unwrap_or(false),
                         relid,
                         name: name.clone(),
                         schema: row.get(5)?.expect("schema"),
@@ -206,11 +198,11 @@ fn load_action(
     owner: pg_sys::Oid,
     row: &pgrx::spi::SpiHeapTupleData,
 ) -> Result<Action, ReaperError> {
-    let action: Option<String> = row.get(21).ok().flatten();
+    let action: Option<String> = row.get(20).ok().flatten();
     Ok(match action.as_deref() {
-        Some("archive") => action::load_archive(name, relid, owner, row.get(23).ok().flatten())?,
+        Some("archive") => action::load_archive(name, relid, owner, row.get(22).ok().flatten())?,
         Some("update") => Action::Update {
-            set: row.get(22).ok().flatten().unwrap_or_default(),
+            set: row.get(21).ok().flatten().unwrap_or_default(),
         },
         Some("drop_partitions") => Action::DropPartitions,
         _ => Action::Delete,
