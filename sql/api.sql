@@ -1,5 +1,6 @@
--- session_reaper SQL API. The functions are written in Rust (src/); this file gives them their
--- SQL names, parameter names, defaults and types (regclass targets), and says who may call them.
+-- session_reaper SQL API. The functions are written in Rust (src/), but for reaper_stats(), a SQL
+-- query (below); this file gives them their SQL names, parameter names, defaults and types
+-- (regclass targets), and says who may call them.
 -- None is SECURITY DEFINER: each checks the caller's rights itself (see src/security.rs).
 
 CREATE FUNCTION reaper_register(

@@ -85,7 +85,7 @@ fn another_role_can_neither_manage_nor_see_a_target_it_may_not_read() {
                       JOIN pg_extension e ON e.oid = d.refobjid AND d.deptype = 'e' WHERE e.extname = 'session_reaper'";
     assert_eq!(
         count(&mut admin, functions),
-        8,
+        10,
         "the extension's functions are found"
     );
     assert_eq!(
