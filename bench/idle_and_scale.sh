@@ -6,12 +6,13 @@
 #   bash bench/idle_and_scale.sh [TARGETS] [DATABASES] [SECONDS]   # default 1000 10 60
 #
 # Prints: reaper_stats() latency (pgbench, 200 calls; and pg_stat_user_tables' over the same
-# tables, as a yardstick), the CPU the reaper's processes use over
-# SECONDS when nothing is due (from /proc/<pid>/stat), and one reaper_wake() round over every
-# target with nothing to delete (time until all runs are recorded).
+# tables, as a yardstick; STATS_ROUNDS rounds, default 5, and their medians), the CPU the
+# reaper's processes use over SECONDS when nothing is due (from /proc/<pid>/stat), and one
+# reaper_wake() round over every target with nothing to delete (time until all runs are
+# recorded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGETS=${1:-1000} DATABASES=${2:-10} SECONDS_IDLE=${3:-60}
+TARGETS=${1:-1000} DATABASES=${2:-10} SECONDS_IDLE=${3:-60} STATS_ROUNDS=${STATS_ROUNDS:-5}
 source scripts/cluster.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_idle}" "${BENCH_PORT:-54342}" \
   "reaper.interval = '1h'" "max_worker_processes = 32"
@@ -38,14 +39,24 @@ runs() { cluster_psql -At -d scale -c "SELECT count(*) FROM reaper_history"; }
 for _ in $(seq 1 600); do [ "$(runs)" -ge "$TARGETS" ] && break; sleep 0.5; done
 [ "$(runs)" -ge "$TARGETS" ] || { echo "the first round did not finish"; exit 1; }
 
-# Against a yardstick of the same run, since this machine's speed varies from day to day: the
-# core statistics view over the same tables.
-echo "== reaper_stats() latency with $TARGETS targets (pgbench, 200 calls, one client), and pg_stat_user_tables' over them"
-for query in "SELECT * FROM reaper_stats()" "SELECT * FROM pg_stat_user_tables"; do
-  echo "$query;" > "$CLUSTER_DIR/stats.sql"
+# Against a yardstick of the same run, since this machine's speed varies from day to day (and
+# from minute to minute: the two alternate, STATS_ROUNDS times): the core statistics view over
+# the same tables.
+echo "== reaper_stats() latency with $TARGETS targets (pgbench, 200 calls, one client), and pg_stat_user_tables' over them, $STATS_ROUNDS rounds"
+latency() {
+  echo "$1;" > "$CLUSTER_DIR/stats.sql"
   as_pg "$PG_BIN/pgbench" -h "$PGHOST" -p "$PGPORT" -n -c 1 -t 200 -f "$CLUSTER_DIR/stats.sql" scale 2>/dev/null |
-    grep -E "latency average" | sed "s/^/$query: /"
+    awk '/latency average/ {print $4}'
+}
+median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+stats=() yardstick=()
+for round in $(seq 1 "$STATS_ROUNDS"); do
+  stats+=("$(latency "SELECT * FROM reaper_stats()")")
+  yardstick+=("$(latency "SELECT * FROM pg_stat_user_tables")")
+  echo "round $round: reaper_stats() ${stats[-1]} ms, pg_stat_user_tables ${yardstick[-1]} ms"
 done
+s=$(printf '%s\n' "${stats[@]}" | median) y=$(printf '%s\n' "${yardstick[@]}" | median)
+awk -v s="$s" -v y="$y" 'BEGIN {printf "median: reaper_stats() %.3f ms, pg_stat_user_tables %.3f ms, ratio %.2f\n", s, y, s / y}'
 
 echo "== CPU of the reaper's processes over ${SECONDS_IDLE}s with nothing due"
 pids=$(cluster_psql -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'")
