@@ -64,6 +64,7 @@ fn another_role_can_neither_manage_nor_see_a_target_it_may_not_read() {
     for (sql, bob_sees, carol_sees) in [
         ("SELECT count(*) FROM reaper_targets", 0, 1),
         ("SELECT count(*) FROM reaper_stats()", 0, 1),
+        ("SELECT count(*) FROM reaper_target_stats", 0, 1),
         ("SELECT count(DISTINCT target) FROM reaper_history", 0, 1),
     ] {
         assert_eq!(count(&mut bob, sql), bob_sees, "bob: {sql}");
