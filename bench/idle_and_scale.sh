@@ -35,9 +35,11 @@ for d in $(seq 1 "$DATABASES"); do
 done
 
 # Every target runs once when first seen (it has never run); wait for that round to end.
+# Polled over one connection (cluster_wait_for): a psql per poll would cost the processes
+# measured here their CPU.
 runs() { cluster_psql -At -d scale -c "SELECT count(*) FROM reaper_history"; }
-for _ in $(seq 1 600); do [ "$(runs)" -ge "$TARGETS" ] && break; sleep 0.5; done
-[ "$(runs)" -ge "$TARGETS" ] || { echo "the first round did not finish"; exit 1; }
+cluster_wait_for "(SELECT count(*) FROM reaper_history) >= $TARGETS" -d scale ||
+  { echo "the first round did not finish"; exit 1; }
 
 # Against a yardstick of the same run, since this machine's speed varies from day to day (and
 # from minute to minute: the two alternate, STATS_ROUNDS times): the core statistics view over
@@ -71,7 +73,7 @@ echo "== one reaper_wake() round over $TARGETS targets with nothing to delete"
 before=$(runs)
 start=$(date +%s.%N)
 cluster_psql -q -d scale -c "SELECT reaper_wake()" >/dev/null
-until [ "$(runs)" -ge $((before + TARGETS)) ]; do sleep 0.1; done
+POLL_EVERY=0.05 cluster_wait_for "(SELECT count(*) FROM reaper_history) >= $((before + TARGETS))" -d scale
 end=$(date +%s.%N)
 awk -v s="$start" -v e="$end" -v n="$TARGETS" \
   'BEGIN {printf "round: %.2f s, %.2f ms per target\n", e - s, 1000 * (e - s) / n}'

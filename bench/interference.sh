@@ -5,9 +5,9 @@
 # expired); START seconds in, one contender starts clearing the expired half. Prints, per
 # contender, the clearing time and rate, and the foreground's tps and p50/p99/max latency
 # before and during the clearing, each against the same run's "before" and the no-cleanup
-# baseline, and how many WAL records the app's lookups wrote per 1,000 lookups (a read writes
-# WAL only when it prunes a page that a delete or an update left dead row versions on); draws
-# per-second plots (bench/interference_report.py).
+# baseline, the CPU the worker or the burner used, and how many WAL records the app's lookups
+# wrote per 1,000 lookups (a read writes WAL only when it prunes a page that a delete or an
+# update left dead row versions on); draws per-second plots (bench/interference_report.py).
 #
 #   bash bench/interference.sh [ROWS] [DURATION]          # default 2,000,000 rows, 40 s
 #   CONTENDERS="none reaper" bash bench/interference.sh   # a subset
@@ -18,8 +18,9 @@
 # DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
 # UPDATE SKIP LOCKED, a commit each, as careful apps write), reaper (session_reaper's worker
 # with its defaults), reaper_fast (batch_delay 0, batch_size 40000), reaper:N:D (batch_size N,
-# batch_delay D ms), cpu:B:R (no database work at all: a backend that burns a core B ms of every
-# B + R ms for 10 s, to tell what the CPU time alone costs the foreground on this machine),
+# batch_delay D ms), cpu:B:R (no database work at all: a backend that does B ms of CPU work, then
+# sleeps R ms, for 10 s, to tell what the CPU time alone costs the foreground on this machine;
+# cpu:15:75 takes about the worker's 0.15 of a core here),
 # other (reaper's defaults on a copy of the table the app never reads: its work without
 # touching the app's pages), scan (the pages of reaper's batches read at its pace, nothing
 # deleted).
@@ -49,6 +50,7 @@ cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" 
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
   -c "CREATE EXTENSION pg_stat_statements"
+burner_calibrate
 
 
 # The foreground: live rows have odd ids.
@@ -61,43 +63,35 @@ lookup_wal() {
   cluster_psql -At -c "SELECT coalesce(sum(wal_records), 0) FROM pg_stat_statements
                         WHERE query LIKE 'SELECT token, data FROM sessions%'"
 }
-# wait_for CONDITION: waits until the SQL condition holds, polling every 0.2 s over one
-# connection. Not a psql per poll: a new connection costs about 55 ms of CPU here, so 4-5 polls
-# a second took a fifth of a core from the app being measured (found with a per-process CPU
-# sampler, 2026-12-01). Not a loop inside one statement either: its snapshot would hold back
-# the pruning of the rows being deleted.
-wait_for() {
-  local answer
-  coproc POLL { cluster_psql -At 2>&1; }
-  while echo "SELECT ($1);" >&"${POLL[1]}" && read -r answer <&"${POLL[0]}" && [ "$answer" != t ]; do
-    sleep 0.2
-  done
-  eval "exec ${POLL[1]}>&-"
-  wait "$POLL_PID" 2>/dev/null || true
-  [ "$answer" = t ] || { echo "wait_for: $1: $answer" >&2; return 1; }
+# The CPU seconds this database's worker has used so far.
+worker_cpu() {
+  cluster_psql -At -c "SELECT bench_cpu_seconds(pid) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'"
 }
-# first_reaping_run: waits for the worker's first run that deleted rows; prints "start end rows".
+# first_reaping_run CPU0: waits for the worker's first run that deleted rows; prints "start end
+# rows cpu", cpu being the CPU seconds the worker used since worker_cpu said CPU0.
 first_reaping_run() {
-  wait_for "EXISTS (SELECT FROM reaper_history WHERE rows > 0)"
+  cluster_wait_for "EXISTS (SELECT FROM reaper_history WHERE rows > 0)"
   cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
-                               FROM reaper_history WHERE rows > 0"
+                               FROM reaper_history WHERE rows > 0" | tr '\n' ' '
+  echo "$(worker_cpu) $1" | awk '{printf "%.2f\n", $1 - $2}'
 }
 dead() { cluster_psql -At -c "SELECT count(*) FROM sessions WHERE expires_at < now()"; }
 
-# clear CONTENDER: clears the expired rows; prints "start end rows" (Unix seconds).
+# clear CONTENDER: clears the expired rows; prints "start end rows cpu" (Unix seconds; cpu: the
+# CPU seconds of the worker or the burner, - for the others).
 clear() {
-  local start rows
+  local start rows cpu
   case $1 in
-    none) start=$(now_s); echo "$start $start 0" ;;
+    none) start=$(now_s); echo "$start $start 0 -" ;;
     delete)
       start=$(now_s)
       rows=$(cluster_psql -At -c "WITH d AS (DELETE FROM sessions WHERE expires_at < now() RETURNING 1) SELECT count(*) FROM d")
-      echo "$start $(now_s) $rows" ;;
+      echo "$start $(now_s) $rows -" ;;
     cron)
       cluster_psql -q -c "SELECT cron.schedule('reap', '* * * * *', 'DELETE FROM sessions WHERE expires_at < now()')" >/dev/null
-      wait_for "EXISTS (SELECT FROM cron.job_run_details WHERE status IN ('succeeded', 'failed'))"
+      cluster_wait_for "EXISTS (SELECT FROM cron.job_run_details WHERE status IN ('succeeded', 'failed'))"
       cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM start_time), extract(epoch FROM end_time),
-                                        regexp_replace(return_message, '\\D', '', 'g')
+                                        regexp_replace(return_message, '\\D', '', 'g'), '-'
                                    FROM cron.job_run_details ORDER BY runid DESC LIMIT 1"
       cluster_psql -q -c "SELECT cron.unschedule('reap')" -c "DELETE FROM cron.job_run_details" >/dev/null ;;
     loop)
@@ -116,15 +110,16 @@ clear() {
           END LOOP;
           RAISE NOTICE 'deleted %', total;
         END \$\$" 2>&1 | sed -n 's/.*deleted \([0-9]*\).*/\1/p')
-      echo "$start $(now_s) $rows" ;;
+      echo "$start $(now_s) $rows -" ;;
     cpu:*)
       start=$(now_s)
-      burn_cpu "$1"
-      echo "$start $(now_s) 0" ;;
+      cpu=$(burn_cpu "$1")
+      echo "$start $(now_s) 0 $cpu" ;;
     other)
       # The reaper's defaults on a copy of the table that the app never reads.
+      cpu=$(worker_cpu)
       cluster_psql -q -c "SELECT reaper_register('other')" >/dev/null
-      first_reaping_run ;;
+      first_reaping_run "$cpu" ;;
     scan)
       # The pages of the reaper's batches read at its pace, nothing deleted: 700 pages (about
       # 10,000 dead rows here) every 90 ms.
@@ -141,11 +136,12 @@ BEGIN
   END LOOP;
 END $$;
 SQL
-      echo "$start $(now_s) 0" ;;
+      echo "$start $(now_s) 0 -" ;;
     reaper*)
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
       local spec=${1#reaper}
       [ "$1" = reaper_fast ] && spec=:40000:0
+      cpu=$(worker_cpu)
       if [ -n "$spec" ]; then
         IFS=: read -r _ size delay <<< "$spec"
         cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = $delay" -c "SELECT pg_reload_conf()" >/dev/null
@@ -153,7 +149,7 @@ SQL
       else
         cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null
       fi
-      first_reaping_run
+      first_reaping_run "$cpu"
       cluster_psql -q -c "ALTER SYSTEM RESET reaper.batch_delay" -c "SELECT pg_reload_conf()" >/dev/null
       ;;
   esac
@@ -164,7 +160,7 @@ SQL
 for round in $(seq 1 "$ROUNDS"); do
   dir=$OUT/round$round
   mkdir -p "$dir"
-  [ -f "$dir/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan\tlookup_wal" > "$dir/clearing.tsv"
+  [ -f "$dir/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan\tlookup_wal\tcpu" > "$dir/clearing.tsv"
   for contender in $CONTENDERS; do
     echo "== round $round: $contender"
     fill_sessions "$ROWS"
@@ -182,11 +178,11 @@ for round in $(seq 1 "$ROUNDS"); do
     bench=$!
     began=$(now_s)
     [ "$contender" = cron ] || sleep "$START"
-    read -r start end rows < <(clear "$contender")
+    read -r start end rows cpu < <(clear "$contender")
     wait "$bench"
     cat "$scripts"/pgb_"$contender".* > "$dir/pgbench_$contender.log"
     grep -v "^$contender	" "$dir/clearing.tsv" > "$dir/clearing.tmp" || true
-    echo -e "$contender\t$start\t$end\t$rows\t$began\t$(lookup_wal)" >> "$dir/clearing.tmp"
+    echo -e "$contender\t$start\t$end\t$rows\t$began\t$(lookup_wal)\t$cpu" >> "$dir/clearing.tmp"
     mv "$dir/clearing.tmp" "$dir/clearing.tsv"
     left=$(dead)
     case $contender in none | cpu:* | other | scan) ;; *) [ "$left" -lt 1000 ] || echo "   ($left expired rows left)" ;; esac

@@ -2,7 +2,7 @@
 """interference_report.py OUT DURATION ROUNDS CLIENTS — the table and plots of bench/interference.sh.
 
 Reads OUT/round<N>/clearing.tsv (per contender: when clearing started and ended, rows, when
-pgbench began, WAL records of the app's lookups) and OUT/round<N>/pgbench_<contender>.log
+pgbench began, WAL records of the app's lookups, the CPU seconds of the worker or the burner) and OUT/round<N>/pgbench_<contender>.log
 (pgbench's per-transaction log: client, txn, latency us, script, epoch s, us). Per contender: the clearing's time and rate, and the foreground before it
 (from second 1 to its start) and during it; "vs baseline" compares with the no-cleanup run over
 the same seconds of its workload; with several rounds, the median of each ratio follows. Writes
@@ -30,7 +30,7 @@ def pct(values, p):
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-HEAD = ("contender", "clear s", "rows/s", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
+HEAD = ("contender", "clear s", "rows/s", "contender CPU (cores)", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
         "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline",
         "lookup WAL records per 1,000 lookups")
 
@@ -62,8 +62,11 @@ def report(tsv):
         base = window("none", lo, hi) if "none" in txns_of else []
         lookups = sum(1 for line in open(tsv.parent / f"pgbench_{c}.log") if line.split()[3] == "0")
         wal = run.get("lookup_wal") or ""
+        cpu = run.get("cpu") or "-"  # reports before 2026-12-01 17:00 have no cpu column
+        seconds = float(run["end"]) - float(run["start"])
         f = figures[c] = {
             "rows/s": int(run["rows"] or 0) / (hi - lo) if c != "none" else 0,
+            "cores": float(cpu) / seconds if cpu != "-" and seconds > 0 else float("nan"),
             "p99 vs before": pct(during, 0.99) / pct(before, 0.99),
             "p99 vs baseline": pct(during, 0.99) / pct(base, 0.99),
             "tps vs baseline": len(during) / len(base) if base else float("nan"),
@@ -71,7 +74,7 @@ def report(tsv):
         }
         lost = len(txns_of["none"]) - len(txns_of[c]) if "none" in txns_of else 0
         print(" | ".join([
-            c, f"{float(run['end']) - float(run['start']):.2f}", f"{f['rows/s']:,.0f}",
+            c, f"{seconds:.2f}", f"{f['rows/s']:,.0f}", f"{f['cores']:.2f}",
             f"{len(before) / max(lo - 1.0, 1e-9):,.0f}", f"{len(during) / (hi - lo):,.0f}",
             f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{max(during, default=0):.1f}",
             f"{f['p99 vs before']:.2f}", f"{f['p99 vs baseline']:.2f}", f"{f['tps vs baseline']:.2f}",
@@ -94,7 +97,8 @@ for tsv in rounds:
 if len(rounds) > 1:
     # The machine's own spread between runs is as large as the effects: the median of each
     # figure over the rounds is the one to quote.
-    keys = ("rows/s", "tps vs baseline", "p99 vs baseline", "p99 vs before", "lookup WAL per 1,000")
+    keys = ("rows/s", "cores", "tps vs baseline", "p99 vs baseline", "p99 vs before",
+            "lookup WAL per 1,000")
     print(f"\nmedian over the rounds (of {len(rounds)}) that ran the contender:")
     print(" | ".join(("contender", "rounds") + keys))
     print(" | ".join("---" for _ in range(len(keys) + 2)))
@@ -106,7 +110,7 @@ if len(rounds) > 1:
             known = [f[k] for f in ran if not math.isnan(f[k])]
             values.append(statistics.median(known) if known else float("nan"))
         print(" | ".join([c, str(len(ran)), f"{values[0]:,.0f}"]
-                         + [f"{v:.2f}" for v in values[1:4]] + [f"{values[4]:.1f}"]))
+                         + [f"{v:.2f}" for v in values[1:5]] + [f"{values[5]:.1f}"]))
 
 try:
     import matplotlib

@@ -24,6 +24,7 @@ cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_sched}" "${BENC
   "reaper.interval = '1h'" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper"
+burner_calibrate
 fill_sessions "$ROWS"
 out=$(mktemp -d)
 session_store_scripts "$out"
@@ -38,7 +39,7 @@ cluster_psql -At -F ' ' -c "SELECT pid, CASE WHEN application_name = 'pgbench' T
 perf sched record -k mono -o "$out/before.data" -- sleep 4 >/dev/null 2>&1
 case $CONTENDER in
   reaper) cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null ;;
-  cpu:*) burn_cpu "$CONTENDER" & ;;
+  cpu:*) burn_cpu "$CONTENDER" >/dev/null & ;;
 esac
 sleep 1
 perf sched record -k mono -o "$out/during.data" -- sleep 4 >/dev/null 2>&1

@@ -10,7 +10,10 @@
 #   session_store DIR CLIENTS SECONDS LIVE [PGBENCH_ARGS...]
 #                        # runs the store: 85% lookups, 10% refreshes, 5% inserts, all on the
 #                        # LIVE live rows (odd ids), 2 pgbench threads
-#   burn_cpu cpu:B:R     # a backend that burns a core B ms of every B + R ms, for 10 s
+#   burner_calibrate     # sets BURN_LOOPS_PER_MS: the burner's loop rate, measured before any
+#                        # load; creates bench_cpu_seconds(PID), a process's CPU time so far
+#   burn_cpu cpu:B:R     # a backend that does B ms of CPU work, then sleeps R ms, for 10 s;
+#                        # prints the CPU seconds it used
 fill_sessions() {
   cluster_psql -q <<SQL >/dev/null
 DROP TABLE IF EXISTS sessions;
@@ -58,22 +61,42 @@ session_store() {
     -f "$dir/lookup.sql@85" -f "$dir/refresh.sql@10" -f "$dir/insert.sql@5" postgres
 }
 
+# The burner does a fixed amount of work per cycle, as a reaper batch does: a loop bounded by
+# the clock instead (burn until B ms have passed) got only 0.10 of a core when the worker's
+# batches took 0.15, since under load it spends much of its B ms waiting for a CPU. Its loop
+# rate is measured here, on the idle cluster, so that B is milliseconds of CPU; and here is
+# how the server reads a process's CPU time (/proc/PID/stat's utime + stime; a superuser may).
+burner_calibrate() {
+  cluster_psql -q -c "CREATE OR REPLACE FUNCTION bench_cpu_seconds(pid int DEFAULT pg_backend_pid())
+    RETURNS numeric LANGUAGE sql AS \$\$SELECT sum(t::bigint) / $(getconf CLK_TCK)::numeric
+      FROM unnest((string_to_array(split_part(pg_read_file(format('/proc/%s/stat', pid)), ') ', 2),
+                                   ' '))[12:13]) t\$\$"
+  BURN_LOOPS_PER_MS=$(cluster_psql -q -c "DO \$\$
+    DECLARE t0 timestamptz := clock_timestamp();
+    BEGIN
+      FOR i IN 1..2000000 LOOP END LOOP;
+      RAISE NOTICE 'loops per ms %', round(2000 / extract(epoch FROM clock_timestamp() - t0));
+    END \$\$" 2>&1 | sed -n 's/.*loops per ms \([0-9]*\).*/\1/p')
+  [ -n "$BURN_LOOPS_PER_MS" ] || { echo "burner_calibrate: no rate" >&2; return 1; }
+}
 # In a backend, so in the server's scheduling group, where the worker's CPU time is: with
 # autogroup (kernel.sched_autogroup_enabled) Linux shares the CPU between sessions first, and every
-# Postgres process is a session of its own.
+# Postgres process is a session of its own. It reads its own CPU time from /proc (as a superuser).
 burn_cpu() {
   local burn rest
   IFS=: read -r _ burn rest <<< "$1"
   [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
-  cluster_psql -q <<SQL
+  : "${BURN_LOOPS_PER_MS:?call burner_calibrate before the load starts}"
+  cluster_psql -q 2>&1 <<SQL | sed -n 's/.*cpu seconds \([0-9.]*\).*/\1/p'
 DO \$\$
-DECLARE stop timestamptz := clock_timestamp() + interval '10 s'; busy timestamptz;
+DECLARE stop timestamptz := clock_timestamp() + interval '10 s';
+        cpu0 numeric := bench_cpu_seconds();
 BEGIN
   WHILE clock_timestamp() < stop LOOP
-    busy := clock_timestamp() + $burn * interval '1 ms';
-    WHILE clock_timestamp() < busy LOOP END LOOP;
+    FOR i IN 1..$((burn * BURN_LOOPS_PER_MS)) LOOP END LOOP;
     PERFORM pg_sleep($rest / 1000.0);
   END LOOP;
+  RAISE NOTICE 'cpu seconds %', round(bench_cpu_seconds() - cpu0, 2);
 END \$\$;
 SQL
 }

@@ -43,6 +43,26 @@ cluster_psql() {
   psql -X -v ON_ERROR_STOP=1 "$@"
 }
 
+# cluster_wait_for CONDITION [PSQL_ARG...] waits until the SQL condition holds, polling every
+# POLL_EVERY seconds (default 0.2) for at most POLL_FOR seconds (default 600), over one
+# connection. Not a psql per poll: a new connection costs about 55 ms of CPU on a small
+# machine, so 4-5 polls a second took a fifth of a core from the app a benchmark measures
+# (found with a per-process CPU sampler, 2026-12-01). Not a loop inside one statement either:
+# its snapshot would hold back the pruning of the rows being deleted.
+cluster_wait_for() {
+  local condition=$1 answer deadline
+  shift
+  deadline=$(($(date +%s) + ${POLL_FOR:-600}))
+  coproc POLL { cluster_psql -At "$@" 2>&1; }
+  while echo "SELECT ($condition);" >&"${POLL[1]}" && read -r answer <&"${POLL[0]}" &&
+    [ "$answer" != t ] && [ "$(date +%s)" -lt "$deadline" ]; do
+    sleep "${POLL_EVERY:-0.2}"
+  done
+  eval "exec ${POLL[1]}>&-"
+  wait "$POLL_PID" 2>/dev/null || true
+  [ "$answer" = t ] || { echo "cluster_wait_for: $condition: ${answer:-no answer}" >&2; return 1; }
+}
+
 # cluster_stop stops the cluster; the directory stays for its log.
 cluster_stop() {
   [ -n "${CLUSTER_DIR:-}" ] && [ -f "$CLUSTER_DIR/data/postmaster.pid" ] &&
