@@ -13,6 +13,8 @@
 #   CONTENDERS="none reaper" bash bench/interference.sh   # a subset
 #   ROUNDS=3 bash bench/interference.sh                   # every contender 3 times, in turn;
 #                                                         # the report adds the medians
+#   EXTRA_CONF="full_page_writes = off" bash bench/interference.sh   # one more postgresql.conf
+#                                                         # line, for an A/B of a setting
 #
 # Contenders: none (baseline), delete (one DELETE from psql, as cron scripts do), cron (the same
 # DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
@@ -45,8 +47,7 @@ source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
   "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "cron.database_name = 'postgres'" \
   "cron.use_background_workers = on" \
-  "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
-  "reaper.interval = '1h'" "reaper.analyze_after = 0"
+  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"}
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
   -c "CREATE EXTENSION pg_stat_statements"

@@ -20,8 +20,7 @@ command -v perf >/dev/null ||
 source scripts/cluster.sh
 source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_sched}" "${BENCH_PORT:-54345}" \
-  "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
-  "reaper.interval = '1h'" "reaper.analyze_after = 0"
+  "${SESSION_STORE_CONF[@]}"
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper"
 burner_calibrate

@@ -1,6 +1,7 @@
 # sessions.sh — the MEASUREMENTS.md sessions table and the pgbench session store that runs on
-# it, for the benchmarks. Sourced after scripts/cluster.sh has started a cluster.
+# it, for the benchmarks. Sourced after scripts/cluster.sh; its functions need the cluster started.
 #
+#   cluster_start DIR PORT "${SESSION_STORE_CONF[@]}" ...   # the settings the store runs under
 #   fill_sessions ROWS   # (re)creates `sessions`: ROWS rows, ~256 bytes each, every other one
 #                        # expired (even ids) and the rest live for an hour or more (odd ids);
 #                        # indexed on expires_at and user_id, analyzed, cached, checkpointed.
@@ -14,6 +15,10 @@
 #                        # load; creates bench_cpu_seconds(PID), a process's CPU time so far
 #   burn_cpu cpu:B:R     # a backend that does B ms of CPU work, then sleeps R ms, for 10 s;
 #                        # prints the CPU seconds it used
+# The table and its indexes fit in shared_buffers, no checkpoint or autovacuum runs while the
+# store does, and the worker runs only when a contender registers a target.
+SESSION_STORE_CONF=("shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'"
+  "autovacuum = off" "reaper.interval = '1h'" "reaper.analyze_after = 0")
 fill_sessions() {
   cluster_psql -q <<SQL >/dev/null
 DROP TABLE IF EXISTS sessions;
