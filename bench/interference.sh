@@ -22,7 +22,7 @@
 # with its defaults), reaper_fast (batch_delay 0, batch_size 40000), reaper:N:D (batch_size N,
 # batch_delay D ms), cpu:B:R (no database work at all: a backend that does B ms of CPU work, then
 # sleeps R ms, for 10 s, to tell what the CPU time alone costs the foreground on this machine;
-# cpu:15:75 takes about the worker's 0.15 of a core here),
+# cpu:15:75 takes 0.12-0.16 of a core here, about what the worker takes),
 # other (reaper's defaults on a copy of the table the app never reads: its work without
 # touching the app's pages), scan (the pages of reaper's batches read at its pace, nothing
 # deleted).
@@ -66,7 +66,10 @@ lookup_wal() {
 }
 # The CPU seconds this database's worker has used so far.
 worker_cpu() {
-  cluster_psql -At -c "SELECT bench_cpu_seconds(pid) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'"
+  local cpu
+  cpu=$(cluster_psql -At -c "SELECT bench_cpu_seconds(pid) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'")
+  [ -n "$cpu" ] || { echo "worker_cpu: no session_reaper worker" >&2; return 1; }
+  echo "$cpu"
 }
 # first_reaping_run CPU0: waits for the worker's first run that deleted rows; prints "start end
 # rows cpu", cpu being the CPU seconds the worker used since worker_cpu said CPU0.
@@ -92,7 +95,7 @@ clear() {
       cluster_psql -q -c "SELECT cron.schedule('reap', '* * * * *', 'DELETE FROM sessions WHERE expires_at < now()')" >/dev/null
       cluster_wait_for "EXISTS (SELECT FROM cron.job_run_details WHERE status IN ('succeeded', 'failed'))"
       cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM start_time), extract(epoch FROM end_time),
-                                        regexp_replace(return_message, '\\D', '', 'g'), '-'
+                                        coalesce(nullif(regexp_replace(return_message, '\\D', '', 'g'), ''), '0'), '-'
                                    FROM cron.job_run_details ORDER BY runid DESC LIMIT 1"
       cluster_psql -q -c "SELECT cron.unschedule('reap')" -c "DELETE FROM cron.job_run_details" >/dev/null ;;
     loop)
@@ -111,7 +114,7 @@ clear() {
           END LOOP;
           RAISE NOTICE 'deleted %', total;
         END \$\$" 2>&1 | sed -n 's/.*deleted \([0-9]*\).*/\1/p')
-      echo "$start $(now_s) $rows -" ;;
+      echo "$start $(now_s) ${rows:-0} -" ;;
     cpu:*)
       start=$(now_s)
       cpu=$(burn_cpu "$1")
@@ -161,6 +164,8 @@ SQL
 for round in $(seq 1 "$ROUNDS"); do
   dir=$OUT/round$round
   mkdir -p "$dir"
+  # A directory of a run before the cpu column (2026-12-01 16:25) starts afresh.
+  head -1 "$dir/clearing.tsv" 2>/dev/null | grep -q 'cpu$' || rm -f "$dir/clearing.tsv"
   [ -f "$dir/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan\tlookup_wal\tcpu" > "$dir/clearing.tsv"
   for contender in $CONTENDERS; do
     echo "== round $round: $contender"

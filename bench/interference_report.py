@@ -62,7 +62,7 @@ def report(tsv):
         base = window("none", lo, hi) if "none" in txns_of else []
         lookups = sum(1 for line in open(tsv.parent / f"pgbench_{c}.log") if line.split()[3] == "0")
         wal = run.get("lookup_wal") or ""
-        cpu = run.get("cpu") or "-"  # reports before 2026-12-01 17:00 have no cpu column
+        cpu = run.get("cpu") or "-"  # reports before 2026-12-01 16:25 have no cpu column
         seconds = float(run["end"]) - float(run["start"])
         f = figures[c] = {
             "rows/s": int(run["rows"] or 0) / (hi - lo) if c != "none" else 0,

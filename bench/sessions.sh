@@ -76,23 +76,25 @@ burner_calibrate() {
     RETURNS numeric LANGUAGE sql AS \$\$SELECT sum(t::bigint) / $(getconf CLK_TCK)::numeric
       FROM unnest((string_to_array(split_part(pg_read_file(format('/proc/%s/stat', pid)), ') ', 2),
                                    ' '))[12:13]) t\$\$"
-  BURN_LOOPS_PER_MS=$(cluster_psql -q -c "DO \$\$
+  local out
+  out=$(cluster_psql -q -c "DO \$\$
     DECLARE t0 timestamptz := clock_timestamp();
     BEGIN
       FOR i IN 1..2000000 LOOP END LOOP;
       RAISE NOTICE 'loops per ms %', round(2000 / extract(epoch FROM clock_timestamp() - t0));
-    END \$\$" 2>&1 | sed -n 's/.*loops per ms \([0-9]*\).*/\1/p')
-  [ -n "$BURN_LOOPS_PER_MS" ] || { echo "burner_calibrate: no rate" >&2; return 1; }
+    END \$\$" 2>&1) || { echo "burner_calibrate: $out" >&2; return 1; }
+  BURN_LOOPS_PER_MS=$(sed -n 's/.*loops per ms \([0-9]*\).*/\1/p' <<< "$out")
+  [ -n "$BURN_LOOPS_PER_MS" ] || { echo "burner_calibrate: no rate in: $out" >&2; return 1; }
 }
 # In a backend, so in the server's scheduling group, where the worker's CPU time is: with
 # autogroup (kernel.sched_autogroup_enabled) Linux shares the CPU between sessions first, and every
 # Postgres process is a session of its own. It reads its own CPU time from /proc (as a superuser).
 burn_cpu() {
-  local burn rest
+  local burn rest out
   IFS=: read -r _ burn rest <<< "$1"
   [[ $burn =~ ^[0-9]+$ && $rest =~ ^[0-9]+$ ]] || { echo "bad contender $1: cpu:BURN_MS:REST_MS" >&2; exit 1; }
   : "${BURN_LOOPS_PER_MS:?call burner_calibrate before the load starts}"
-  cluster_psql -q 2>&1 <<SQL | sed -n 's/.*cpu seconds \([0-9.]*\).*/\1/p'
+  out=$(cluster_psql -q 2>&1 <<SQL
 DO \$\$
 DECLARE stop timestamptz := clock_timestamp() + interval '10 s';
         cpu0 numeric := bench_cpu_seconds();
@@ -104,4 +106,6 @@ BEGIN
   RAISE NOTICE 'cpu seconds %', round(bench_cpu_seconds() - cpu0, 2);
 END \$\$;
 SQL
+) || { echo "burn_cpu: $out" >&2; return 1; }
+  sed -n 's/.*cpu seconds \([0-9.]*\).*/\1/p' <<< "$out"
 }

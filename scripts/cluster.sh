@@ -50,16 +50,20 @@ cluster_psql() {
 # (found with a per-process CPU sampler, 2026-12-01). Not a loop inside one statement either:
 # its snapshot would hold back the pruning of the rows being deleted.
 cluster_wait_for() {
-  local condition=$1 answer deadline
+  local condition=$1 answer='' deadline to from pid
   shift
   deadline=$(($(date +%s) + ${POLL_FOR:-600}))
   coproc POLL { cluster_psql -At "$@" 2>&1; }
-  while echo "SELECT ($condition);" >&"${POLL[1]}" && read -r answer <&"${POLL[0]}" &&
-    [ "$answer" != t ] && [ "$(date +%s)" -lt "$deadline" ]; do
+  # Copies: bash unsets POLL when psql exits (an error ends it, under ON_ERROR_STOP).
+  to=${POLL[1]} from=${POLL[0]} pid=$POLL_PID
+  # Polls while the answer is false; an error's text, a psql gone or one silent for a minute
+  # ends the wait as the deadline does.
+  while [ "$(date +%s)" -lt "$deadline" ] && echo "SELECT ($condition);" >&"$to" 2>/dev/null &&
+    read -r -t 60 answer <&"$from" && [ "$answer" = f ]; do
     sleep "${POLL_EVERY:-0.2}"
   done
-  eval "exec ${POLL[1]}>&-"
-  wait "$POLL_PID" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
   [ "$answer" = t ] || { echo "cluster_wait_for: $condition: ${answer:-no answer}" >&2; return 1; }
 }
 
