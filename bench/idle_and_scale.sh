@@ -37,8 +37,8 @@ done
 # Every target runs once when first seen (it has never run); wait for that round to end.
 # Polled over one connection (cluster_wait_for): a psql per poll would cost the processes
 # measured here their CPU.
-runs() { cluster_psql -At -d scale -c "SELECT count(*) FROM reaper_history"; }
-cluster_wait_for "(SELECT count(*) FROM reaper_history) >= $TARGETS" -d scale ||
+runs_sql="SELECT count(*) FROM reaper_history"
+cluster_wait_for "($runs_sql) >= $TARGETS" -d scale ||
   { echo "the first round did not finish"; exit 1; }
 
 # Against a yardstick of the same run, since this machine's speed varies from day to day (and
@@ -70,10 +70,10 @@ awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$SECONDS_IDLE" \
   'BEGIN {printf "cpu: %.3f%% of one core (%d ticks in %d s)\n", 100 * d / hz / s, d, s}'
 
 echo "== one reaper_wake() round over $TARGETS targets with nothing to delete"
-before=$(runs)
+before=$(cluster_psql -At -d scale -c "$runs_sql")
 start=$(date +%s.%N)
 cluster_psql -q -d scale -c "SELECT reaper_wake()" >/dev/null
-POLL_EVERY=0.05 cluster_wait_for "(SELECT count(*) FROM reaper_history) >= $((before + TARGETS))" -d scale
+POLL_EVERY=0.05 cluster_wait_for "($runs_sql) >= $((before + TARGETS))" -d scale
 end=$(date +%s.%N)
 awk -v s="$start" -v e="$end" -v n="$TARGETS" \
   'BEGIN {printf "round: %.2f s, %.2f ms per target\n", e - s, 1000 * (e - s) / n}'

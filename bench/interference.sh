@@ -51,6 +51,7 @@ cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" 
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
   -c "CREATE EXTENSION pg_stat_statements"
+cpu_clock_install
 burner_calibrate
 
 
@@ -71,13 +72,17 @@ worker_cpu() {
   [ -n "$cpu" ] || { echo "worker_cpu: no session_reaper worker" >&2; return 1; }
   echo "$cpu"
 }
-# first_reaping_run CPU0: waits for the worker's first run that deleted rows; prints "start end
-# rows cpu", cpu being the CPU seconds the worker used since worker_cpu said CPU0.
+# first_reaping_run SQL: runs the SQL that registers the target, waits for the worker's first
+# run that deleted rows; prints "start end rows cpu", cpu being the CPU seconds the worker used
+# from the registration to the end of that run.
 first_reaping_run() {
+  local cpu0
+  cpu0=$(worker_cpu)
+  cluster_psql -q -c "$1" >/dev/null
   cluster_wait_for "EXISTS (SELECT FROM reaper_history WHERE rows > 0)"
   cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM started_at), extract(epoch FROM finished_at), rows
                                FROM reaper_history WHERE rows > 0" | tr '\n' ' '
-  echo "$(worker_cpu) $1" | awk '{printf "%.2f\n", $1 - $2}'
+  echo "$(worker_cpu) $cpu0" | awk '{printf "%.2f\n", $1 - $2}'
 }
 dead() { cluster_psql -At -c "SELECT count(*) FROM sessions WHERE expires_at < now()"; }
 
@@ -121,9 +126,7 @@ clear() {
       echo "$start $(now_s) 0 $cpu" ;;
     other)
       # The reaper's defaults on a copy of the table that the app never reads.
-      cpu=$(worker_cpu)
-      cluster_psql -q -c "SELECT reaper_register('other')" >/dev/null
-      first_reaping_run "$cpu" ;;
+      first_reaping_run "SELECT reaper_register('other')" ;;
     scan)
       # The pages of the reaper's batches read at its pace, nothing deleted: 700 pages (about
       # 10,000 dead rows here) every 90 ms.
@@ -145,15 +148,13 @@ SQL
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
       local spec=${1#reaper}
       [ "$1" = reaper_fast ] && spec=:40000:0
-      cpu=$(worker_cpu)
       if [ -n "$spec" ]; then
         IFS=: read -r _ size delay <<< "$spec"
         cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = $delay" -c "SELECT pg_reload_conf()" >/dev/null
-        cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => $size)" >/dev/null
+        first_reaping_run "SELECT reaper_register('sessions', batch_size => $size)"
       else
-        cluster_psql -q -c "SELECT reaper_register('sessions')" >/dev/null
+        first_reaping_run "SELECT reaper_register('sessions')"
       fi
-      first_reaping_run "$cpu"
       cluster_psql -q -c "ALTER SYSTEM RESET reaper.batch_delay" -c "SELECT pg_reload_conf()" >/dev/null
       ;;
   esac

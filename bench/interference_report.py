@@ -2,7 +2,8 @@
 """interference_report.py OUT DURATION ROUNDS CLIENTS — the table and plots of bench/interference.sh.
 
 Reads OUT/round<N>/clearing.tsv (per contender: when clearing started and ended, rows, when
-pgbench began, WAL records of the app's lookups, the CPU seconds of the worker or the burner) and OUT/round<N>/pgbench_<contender>.log
+pgbench began, WAL records of the app's lookups, the CPU seconds of the worker or the burner)
+and OUT/round<N>/pgbench_<contender>.log
 (pgbench's per-transaction log: client, txn, latency us, script, epoch s, us). Per contender: the clearing's time and rate, and the foreground before it
 (from second 1 to its start) and during it; "vs baseline" compares with the no-cleanup run over
 the same seconds of its workload; with several rounds, the median of each ratio follows. Writes
@@ -30,8 +31,8 @@ def pct(values, p):
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-HEAD = ("contender", "clear s", "rows/s", "contender CPU (cores)", "tps before", "tps during", "p50 ms", "p99 ms", "max ms",
-        "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline",
+HEAD = ("contender", "clear s", "rows/s", "contender CPU (cores)", "tps before", "tps during",
+        "p50 ms", "p99 ms", "max ms", "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline",
         "lookup WAL records per 1,000 lookups")
 
 

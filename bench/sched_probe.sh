@@ -23,6 +23,7 @@ cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_sched}" "${BENC
   "${SESSION_STORE_CONF[@]}"
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper"
+cpu_clock_install
 burner_calibrate
 fill_sessions "$ROWS"
 out=$(mktemp -d)

@@ -11,8 +11,8 @@
 #   session_store DIR CLIENTS SECONDS LIVE [PGBENCH_ARGS...]
 #                        # runs the store: 85% lookups, 10% refreshes, 5% inserts, all on the
 #                        # LIVE live rows (odd ids), 2 pgbench threads
-#   burner_calibrate     # sets BURN_LOOPS_PER_MS: the burner's loop rate, measured before any
-#                        # load; creates bench_cpu_seconds(PID), a process's CPU time so far
+#   cpu_clock_install    # creates bench_cpu_seconds(PID): a process's CPU time so far
+#   burner_calibrate     # sets BURN_LOOPS_PER_MS: the burner's loop rate, measured before any load
 #   burn_cpu cpu:B:R     # a backend that does B ms of CPU work, then sleeps R ms, for 10 s;
 #                        # prints the CPU seconds it used
 # The table and its indexes fit in shared_buffers, no checkpoint or autovacuum runs while the
@@ -69,13 +69,8 @@ session_store() {
 # The burner does a fixed amount of work per cycle, as a reaper batch does: a loop bounded by
 # the clock instead (burn until B ms have passed) got only 0.10 of a core when the worker's
 # batches took 0.15, since under load it spends much of its B ms waiting for a CPU. Its loop
-# rate is measured here, on the idle cluster, so that B is milliseconds of CPU; and here is
-# how the server reads a process's CPU time (/proc/PID/stat's utime + stime; a superuser may).
+# rate is measured here, on the idle cluster, so that B is milliseconds of CPU.
 burner_calibrate() {
-  cluster_psql -q -c "CREATE OR REPLACE FUNCTION bench_cpu_seconds(pid int DEFAULT pg_backend_pid())
-    RETURNS numeric LANGUAGE sql AS \$\$SELECT sum(t::bigint) / $(getconf CLK_TCK)::numeric
-      FROM unnest((string_to_array(split_part(pg_read_file(format('/proc/%s/stat', pid)), ') ', 2),
-                                   ' '))[12:13]) t\$\$"
   local out
   out=$(cluster_psql -q -c "DO \$\$
     DECLARE t0 timestamptz := clock_timestamp();
@@ -86,9 +81,16 @@ burner_calibrate() {
   BURN_LOOPS_PER_MS=$(sed -n 's/.*loops per ms \([0-9]*\).*/\1/p' <<< "$out")
   [ -n "$BURN_LOOPS_PER_MS" ] || { echo "burner_calibrate: no rate in: $out" >&2; return 1; }
 }
+# The server reads a process's CPU time: /proc/PID/stat's utime + stime (a superuser may).
+cpu_clock_install() {
+  cluster_psql -q -c "CREATE OR REPLACE FUNCTION bench_cpu_seconds(pid int DEFAULT pg_backend_pid())
+    RETURNS numeric LANGUAGE sql AS \$\$SELECT sum(t::bigint) / $(getconf CLK_TCK)::numeric
+      FROM unnest((string_to_array(split_part(pg_read_file(format('/proc/%s/stat', pid)), ') ', 2),
+                                   ' '))[12:13]) t\$\$"
+}
 # In a backend, so in the server's scheduling group, where the worker's CPU time is: with
 # autogroup (kernel.sched_autogroup_enabled) Linux shares the CPU between sessions first, and every
-# Postgres process is a session of its own. It reads its own CPU time from /proc (as a superuser).
+# Postgres process is a session of its own. It reads its own CPU time (cpu_clock_install).
 burn_cpu() {
   local burn rest out
   IFS=: read -r _ burn rest <<< "$1"
