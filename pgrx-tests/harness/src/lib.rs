@@ -236,6 +236,53 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// What a failed test leaves for whoever reads its output: the reaper's processes as
+    /// pg_stat_activity sees them (absent, sleeping, or waiting on a lock) and the end of the
+    /// server log. Best effort: the server may be down.
+    fn print_post_mortem(&self) {
+        let activity = Config::new()
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5))
+            .connect(NoTls)
+            .and_then(|mut client| {
+                let mut rows = client.query(
+                    "SELECT format('%s pid %s in %s: %s %s/%s, %s', backend_type, pid, datname, \
+                            state, wait_event_type, wait_event, left(query, 80)) \
+                       FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'",
+                    &[],
+                )?;
+                // The targets as reaper_stats() sees them, where the extension is in `postgres`.
+                if let Ok(stats) =
+                    client.query("SELECT row_to_json(s)::text FROM reaper_stats() s", &[])
+                {
+                    rows.extend(stats);
+                }
+                Ok(rows)
+            });
+        eprintln!(
+            "--- cluster {}: session_reaper processes",
+            self.dir.display()
+        );
+        match activity {
+            Ok(rows) if rows.is_empty() => eprintln!("none"),
+            Ok(rows) => rows
+                .iter()
+                .for_each(|r| eprintln!("{}", r.get::<_, String>(0))),
+            Err(e) => eprintln!("(not read: {e})"),
+        }
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("--- the last lines of its server log");
+        lines[lines.len().saturating_sub(40)..]
+            .iter()
+            .for_each(|l| eprintln!("{l}"));
+    }
+}
+
 /// A new, empty directory for a cluster called `name` that the owner can enter, and a port.
 /// Each test gets its own, so tests may run in parallel.
 fn fresh_dir(name: &str) -> (PathBuf, u16) {
@@ -271,6 +318,9 @@ fn append_conf(dir: &std::path::Path, lines: &[String]) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_post_mortem();
+        }
         let data = self.dir.join("data");
         let _ = as_owner(
             "pg_ctl",
