@@ -198,7 +198,10 @@ impl Cursor {
 }
 
 /// The condition that holds the rows of pages `[first, end)`: a TID range scan reads only them.
+/// The last range of a table near the 32 TB limit may end past the largest block number a tid
+/// can spell; it ends at that number, above every real page (MaxBlockNumber is one less).
 pub fn page_range(first: u32, end: u64) -> String {
+    let end = end.min(u64::from(u32::MAX));
     format!("ctid >= '({first},0)'::tid AND ctid < '({end},0)'::tid")
 }
 

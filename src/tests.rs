@@ -392,6 +392,24 @@ pub(crate) mod tests {
         assert_eq!(count("SELECT count(*) FROM sessions"), 1500);
     }
 
+    /// A page range that would end past the largest block number a tid can spell (the last
+    /// batch of a table near 32 TB) is still a valid condition, and reads no page outside it.
+    #[pg_test]
+    fn a_page_range_at_the_largest_block_number_is_valid_sql() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 hour')");
+        let last = crate::cursor::page_range(u32::MAX - 1, u64::from(u32::MAX) + 8192);
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM sessions WHERE {last}")),
+            0
+        );
+        let all = crate::cursor::page_range(0, u64::from(u32::MAX) + 8192);
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM sessions WHERE {all}")),
+            1
+        );
+    }
+
     /// A table with inheritance children is reaped as `DELETE FROM parent` would be, children
     /// included, however many pages they have: page ranges of the parent say nothing of theirs.
     #[pg_test]

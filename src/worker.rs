@@ -133,6 +133,15 @@ fn set_state(state: WorkerState, current: pg_sys::Oid) {
     }
 }
 
+/// Whether a wake-up request waits for this worker, leaving it there.
+fn wake_requested() -> bool {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    SHARED
+        .share()
+        .slot_of(database)
+        .is_some_and(|slot| slot.wake)
+}
+
 /// Takes the wake-up request reaper_wake() or a registry change left for this worker.
 fn take_wake_request() -> bool {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
@@ -244,7 +253,10 @@ impl Worker {
                 }
             };
             set_state(WorkerState::Idle, pg_sys::InvalidOid);
-            if !pause.is_zero() {
+            // The latch protocol: a wake-up that came while the worker looked may have had its
+            // latch reset by a wait inside (a lock wait resets it), so the flag is checked
+            // again before sleeping; one set after this check leaves the latch set.
+            if !pause.is_zero() && !wake_requested() {
                 sleep(pause);
             }
         }
