@@ -23,6 +23,7 @@
 # batch_delay D ms), cpu:B:R (no database work at all: a backend that does B ms of CPU work, then
 # sleeps R ms, for 10 s, to tell what the CPU time alone costs the foreground on this machine;
 # cpu:15:75 takes 0.12-0.16 of a core here, about what the worker takes),
+# reaper_nice (the defaults with the worker's autogroup at nice 19; needs root),
 # other (reaper's defaults on a copy of the table the app never reads: its work without
 # touching the app's pages), scan (the pages of reaper's batches read at its pace, nothing
 # deleted).
@@ -144,6 +145,14 @@ BEGIN
 END $$;
 SQL
       echo "$start $(now_s) 0 -" ;;
+    reaper_nice)
+      # The defaults with the worker's scheduling group (Linux autogroup: each Postgres process
+      # is a session of its own) at nice 19 for the run: does a smaller CPU share help the app?
+      local worker
+      worker=$(cluster_psql -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'")
+      echo 19 > "/proc/$worker/autogroup"
+      first_reaping_run "SELECT reaper_register('sessions')"
+      echo 0 > "/proc/$worker/autogroup" ;;
     reaper*)
       # reaper: the defaults; reaper:N:D: batch_size N and batch_delay D ms; reaper_fast: 40000:0.
       local spec=${1#reaper}
