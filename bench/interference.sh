@@ -15,6 +15,10 @@
 #                                                         # the report adds the medians
 #   EXTRA_CONF="full_page_writes = off" bash bench/interference.sh   # one more postgresql.conf
 #                                                         # line, for an A/B of a setting
+#   PHASES=1 bash bench/interference.sh                   # the worker logs its batches and
+#                                                         # prunes (DEBUG1); the report adds where
+#                                                         # the app's slowest 1% fell against them
+#                                                         # (bench/batch_phases.py)
 #
 # Contenders: none (baseline), delete (one DELETE from psql, as cron scripts do), cron (the same
 # DELETE run by pg_cron, Debian's postgresql-15-cron), loop (ctid batches of 10,000 with FOR
@@ -48,7 +52,7 @@ source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
   "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "cron.database_name = 'postgres'" \
   "cron.use_background_workers = on" \
-  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"}
+  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"} ${PHASES:+"log_min_messages = debug1"}
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
   -c "CREATE EXTENSION pg_stat_statements"
@@ -208,3 +212,16 @@ done
 REPORT=${REPORT:-bench/last_interference.txt}
 python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" "$CLIENTS" | tee "$REPORT"
 cp "$OUT"/interference_*.png "$(dirname "$REPORT")/" 2>/dev/null || true
+
+# PHASES=1: the worker logged each batch and prune at DEBUG1; line the app's transactions up
+# against them, per reaping contender and round.
+if [ -n "${PHASES:-}" ]; then
+  for tsv in "$OUT"/round*/clearing.tsv; do
+    while IFS=$'\t' read -r contender start end _; do
+      case $contender in reaper* | other) ;; *) continue ;; esac
+      echo -e "\n$(basename "$(dirname "$tsv")") $contender: the app's transactions against the worker's steps"
+      python3 bench/batch_phases.py "$CLUSTER_DIR/server.log" "$(dirname "$tsv")/pgbench_$contender.log" \
+        "$start" "$end" || echo "(not lined up: a round of an earlier run?)"
+    done < <(tail -n +2 "$tsv")
+  done | tee -a "$REPORT"
+fi

@@ -339,6 +339,14 @@ impl Worker {
             };
             let batch_ended = Instant::now();
             running.progress.add(&batch, batch_ended - batch_started);
+            // At DEBUG1 (log_min_messages), each committed batch and its prune: where an app's
+            // slow transactions fall against the worker's steps (bench/batch_phases.py).
+            debug1!(
+                "session_reaper: {}: batch of {} rows committed in {:.1} ms",
+                t.name,
+                batch.deleted,
+                (batch_ended - batch_started).as_secs_f64() * 1e3
+            );
             // Pruning is gentleness for the app, done in the pause between batches: flat out
             // (batch_delay = 0 and no max_rows_per_second) the pages are left to their next
             // reader, as one big DELETE leaves them.
@@ -492,6 +500,7 @@ fn analyze_if_large(t: &Target, rows: i64, share: f64) {
 /// A flat-out run (batch_delay = 0, no max_rows_per_second) skips it: it cost one about a
 /// sixth of its rows/s.
 fn prune_behind(t: &Target, pages: (u32, u64)) {
+    let started = Instant::now();
     let pruned = in_transaction(|| {
         pinned(|| {
             with_statement_timeout(settings::statement_timeout(), || {
@@ -500,7 +509,13 @@ fn prune_behind(t: &Target, pages: (u32, u64)) {
         })
     });
     match pruned {
-        Ok(()) => {}
+        Ok(()) => debug1!(
+            "session_reaper: {}: pruned pages {}..{} in {:.1} ms",
+            t.name,
+            pages.0,
+            pages.1,
+            started.elapsed().as_secs_f64() * 1e3
+        ),
         Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)) => {
             debug1!("session_reaper: {}: pruning behind: {message}", t.name)
         }
