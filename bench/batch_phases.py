@@ -7,7 +7,9 @@ per-transaction log of one contender, and that contender's clearing window. Cuts
 into the worker's steps: a batch (its statement and commit), the prune behind it, and the rest
 (the pause). Then, for all the app's transactions in the window and for the slowest 1%, says
 which steps they overlapped, beside each step's share of the wall clock: a step that holds
-more of the slow transactions than of the time is where the app waits.
+more of the slow transactions than of the time is where the app waits. "pause" counts the
+transactions that overlapped no batch and no prune; one that overlapped both a batch and a
+prune counts for each, so the shares of a column may add up to more than 100%.
 
     python3 bench/batch_phases.py SERVER_LOG PGBENCH_LOG START END
 """
@@ -17,7 +19,8 @@ from datetime import datetime, timezone
 
 
 def log_time(line):
-    """The %m timestamp at the start of a server log line, in Unix seconds."""
+    """The %m timestamp at the start of a server log line, in Unix seconds (the cluster logs in
+    UTC: interference.sh sets log_timezone with PHASES)."""
     stamp = " ".join(line.split(" ", 3)[:2])
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
 
@@ -40,6 +43,8 @@ def transactions(path, start, end):
     out = []
     for line in open(path):
         fields = line.split()
+        if not fields[2].isdigit():  # a failed or skipped transaction has no latency
+            continue
         latency_us, done = int(fields[2]), int(fields[4]) + int(fields[5]) / 1e6
         if start <= done <= end:
             out.append((done - latency_us / 1e6, done, latency_us / 1e3))

@@ -52,7 +52,7 @@ source bench/sessions.sh
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
   "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "cron.database_name = 'postgres'" \
   "cron.use_background_workers = on" \
-  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"} ${PHASES:+"log_min_messages = debug1"}
+  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"} ${PHASES:+"log_min_messages = debug1"} ${PHASES:+"log_timezone = 'UTC'"}
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
   -c "CREATE EXTENSION pg_stat_statements"

@@ -393,7 +393,7 @@ pub(crate) mod tests {
     }
 
     /// A page range that would end past the largest block number a tid can spell (the last
-    /// batch of a table near 32 TB) is still a valid condition, and reads no page outside it.
+    /// batch of a table near 32 TB) is valid SQL, and a range up to it covers every real page.
     #[pg_test]
     fn a_page_range_at_the_largest_block_number_is_valid_sql() {
         sessions_table();

@@ -133,22 +133,19 @@ fn set_state(state: WorkerState, current: pg_sys::Oid) {
     }
 }
 
-/// Whether a wake-up request waits for this worker, leaving it there.
-fn wake_requested() -> bool {
+/// Whether reaper_wake() or a registry change left a wake-up request for this worker; `take`
+/// clears it (the worker acts on it), otherwise it stays for the next look.
+fn wake_request(take: bool) -> bool {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    SHARED
-        .share()
-        .slot_of(database)
-        .is_some_and(|slot| slot.wake)
-}
-
-/// Takes the wake-up request reaper_wake() or a registry change left for this worker.
-fn take_wake_request() -> bool {
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    SHARED
-        .exclusive()
-        .slot_of_mut(database)
-        .is_some_and(|slot| std::mem::take(&mut slot.wake))
+    let mut shared = SHARED.exclusive();
+    let Some(slot) = shared.slot_of_mut(database) else {
+        return false;
+    };
+    let asked = slot.wake;
+    if take {
+        slot.wake = false;
+    }
+    asked
 }
 
 /// What one look at the registry found.
@@ -206,7 +203,7 @@ impl Worker {
         loop {
             pgrx::check_for_interrupts!();
             reload_settings_if_asked();
-            let woken = take_wake_request();
+            let woken = wake_request(true);
             let generation = SHARED.share().generation;
             let look = in_transaction(|| pinned(|| look(woken)));
             let pause = match look {
@@ -253,10 +250,11 @@ impl Worker {
                 }
             };
             set_state(WorkerState::Idle, pg_sys::InvalidOid);
-            // The latch protocol: a wake-up that came while the worker looked may have had its
-            // latch reset by a wait inside (a lock wait resets it), so the flag is checked
-            // again before sleeping; one set after this check leaves the latch set.
-            if !pause.is_zero() && !wake_requested() {
+            // The latch protocol: a wake-up or a reload (SIGHUP) that came while the worker
+            // looked may have had its latch reset by a wait inside (a lock wait resets it), so
+            // both are checked again before sleeping; one after this check leaves the latch set.
+            let reload_pending = unsafe { pg_sys::ConfigReloadPending } != 0;
+            if !pause.is_zero() && !wake_request(false) && !reload_pending {
                 sleep(pause);
             }
         }
@@ -387,7 +385,7 @@ impl Worker {
 
 /// Adds to the round the targets that are due now and not already in it.
 fn join_newly_due(queue: &mut VecDeque<Running>) {
-    let woken = take_wake_request();
+    let woken = wake_request(true);
     if let Ok(Look::Due(due, _)) = in_transaction(|| pinned(|| look(woken))) {
         for target in due {
             if !queue.iter().any(|running| running.target.id == target.id) {

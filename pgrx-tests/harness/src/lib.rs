@@ -152,24 +152,27 @@ impl Cluster {
         );
     }
 
-    /// A client connected to `dbname` over the cluster's socket.
-    pub fn connect(&self, dbname: &str) -> Client {
-        Config::new()
+    /// The client settings for `dbname` as `user` over the cluster's socket.
+    fn config(&self, dbname: &str, user: &str) -> Config {
+        let mut config = Config::new();
+        config
             .host_path(&self.dir)
             .port(self.port)
-            .user("postgres")
-            .dbname(dbname)
+            .user(user)
+            .dbname(dbname);
+        config
+    }
+
+    /// A client connected to `dbname` over the cluster's socket.
+    pub fn connect(&self, dbname: &str) -> Client {
+        self.config(dbname, "postgres")
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("connecting to {dbname}: {e}\n{}", self.log()))
     }
 
     /// A client connected to `dbname` as the login role `user` (trust authentication).
     pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
-        Config::new()
-            .host_path(&self.dir)
-            .port(self.port)
-            .user(user)
-            .dbname(dbname)
+        self.config(dbname, user)
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("connecting to {dbname} as {user}: {e}\n{}", self.log()))
     }
@@ -179,11 +182,8 @@ impl Cluster {
     pub fn reconnect(&self, dbname: &str) -> Client {
         let mut client = None;
         wait_until("the server accepts connections again", SOON, || {
-            client = Config::new()
-                .host_path(&self.dir)
-                .port(self.port)
-                .user("postgres")
-                .dbname(dbname)
+            client = self
+                .config(dbname, "postgres")
                 .connect(NoTls)
                 .ok()
                 .filter(|c| !c.is_closed());
@@ -234,45 +234,25 @@ impl Cluster {
             "kill -{signal} {pid}"
         );
     }
-}
 
-impl Cluster {
     /// What a failed test leaves for whoever reads its output: the reaper's processes as
-    /// pg_stat_activity sees them (absent, sleeping, or waiting on a lock) and the end of the
-    /// server log. Best effort: the server may be down.
+    /// pg_stat_activity sees them (missing, sleeping, or waiting on a lock), reaper_stats(),
+    /// and the end of the server log. Best effort: the server may be down or stuck.
     fn print_post_mortem(&self) {
-        let activity = Config::new()
-            .host_path(&self.dir)
-            .port(self.port)
-            .user("postgres")
-            .dbname("postgres")
+        eprintln!("--- cluster {} at the failure", self.dir.display());
+        let mut config = self.config("postgres", "postgres");
+        config
             .connect_timeout(Duration::from_secs(5))
-            .connect(NoTls)
-            .and_then(|mut client| {
-                let mut rows = client.query(
-                    "SELECT format('%s pid %s in %s: %s %s/%s, %s', backend_type, pid, datname, \
-                            state, wait_event_type, wait_event, left(query, 80)) \
-                       FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'",
-                    &[],
-                )?;
-                // The targets as reaper_stats() sees them, where the extension is in `postgres`.
-                if let Ok(stats) =
-                    client.query("SELECT row_to_json(s)::text FROM reaper_stats() s", &[])
-                {
-                    rows.extend(stats);
-                }
-                Ok(rows)
-            });
-        eprintln!(
-            "--- cluster {}: session_reaper processes",
-            self.dir.display()
-        );
-        match activity {
-            Ok(rows) if rows.is_empty() => eprintln!("none"),
-            Ok(rows) => rows
-                .iter()
-                .for_each(|r| eprintln!("{}", r.get::<_, String>(0))),
-            Err(e) => eprintln!("(not read: {e})"),
+            .options("-c statement_timeout=3s -c lock_timeout=1s");
+        // In a thread of its own, waited for at most 15 s: a query stuck on an LWLock, which
+        // no timeout ends, must not hang the failing test (its output shows only when it ends).
+        let (sent, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sent.send(reaper_state(config));
+        });
+        match received.recv_timeout(Duration::from_secs(15)) {
+            Ok(state) => eprint!("{state}"),
+            Err(_) => eprintln!("(the server did not answer within 15 s)"),
         }
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
@@ -281,6 +261,38 @@ impl Cluster {
             .iter()
             .for_each(|l| eprintln!("{l}"));
     }
+}
+
+/// The reaper's processes and reaper_stats() in `postgres`, as text, for a post-mortem.
+fn reaper_state(config: Config) -> String {
+    let mut client = match config.connect(NoTls) {
+        Ok(client) => client,
+        Err(e) => return format!("(not connected: {e})\n"),
+    };
+    let sections = [
+        (
+            "session_reaper processes",
+            "SELECT format('%s pid %s in %s: %s %s/%s, %s', backend_type, pid, datname, \
+                    state, wait_event_type, wait_event, left(query, 80)) \
+               FROM pg_stat_activity WHERE backend_type LIKE 'session_reaper%'",
+        ),
+        (
+            "reaper_stats() in postgres",
+            "SELECT row_to_json(s)::text FROM reaper_stats() s",
+        ),
+    ];
+    let mut out = String::new();
+    for (title, query) in sections {
+        out.push_str(&format!("-- {title}:\n"));
+        match client.query(query, &[]) {
+            Ok(rows) if rows.is_empty() => out.push_str("none\n"),
+            Ok(rows) => rows
+                .iter()
+                .for_each(|r| out.push_str(&format!("{}\n", r.get::<_, String>(0)))),
+            Err(e) => out.push_str(&format!("(not read: {e})\n")),
+        }
+    }
+    out
 }
 
 /// A new, empty directory for a cluster called `name` that the owner can enter, and a port.
