@@ -70,10 +70,11 @@ lookup_wal() {
   cluster_psql -At -c "SELECT coalesce(sum(wal_records), 0) FROM pg_stat_statements
                         WHERE query LIKE 'SELECT token, data FROM sessions%'"
 }
+worker_pid_sql="SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'"
 # The CPU seconds this database's worker has used so far.
 worker_cpu() {
   local cpu
-  cpu=$(cluster_psql -At -c "SELECT bench_cpu_seconds(pid) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'")
+  cpu=$(cluster_psql -At -c "SELECT bench_cpu_seconds(pid) FROM ($worker_pid_sql) w")
   [ -n "$cpu" ] || { echo "worker_cpu: no session_reaper worker" >&2; return 1; }
   echo "$cpu"
 }
@@ -153,7 +154,7 @@ SQL
       # The defaults with the worker's scheduling group (Linux autogroup: each Postgres process
       # is a session of its own) at nice 19 for the run: does a smaller CPU share help the app?
       local worker
-      worker=$(cluster_psql -At -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'")
+      worker=$(cluster_psql -At -c "$worker_pid_sql")
       echo 19 > "/proc/$worker/autogroup"
       first_reaping_run "SELECT reaper_register('sessions')"
       echo 0 > "/proc/$worker/autogroup" ;;

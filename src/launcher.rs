@@ -58,11 +58,7 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
             last_scan = Some(Instant::now());
             start_missing_workers(&mut starting, &mut warned);
         }
-        // A request that came during the scan is not slept through, even if a wait inside
-        // reset the latch.
-        if !SHARED.share().rescan {
-            crate::process::sleep(Duration::from_secs(10));
-        }
+        crate::process::sleep_unless(Duration::from_secs(10), || SHARED.share().rescan);
     }
 }
 

@@ -46,6 +46,19 @@ pub fn sleep(timeout: Duration) {
     reload_settings_if_asked();
 }
 
+/// Sleeps as [`sleep`] does, unless a request is already waiting: `asked()`, or a reload
+/// (which is done here). The latch protocol: a request that came during the caller's last step
+/// set the latch, but a wait inside that step (a lock wait) may have reset it; a request after
+/// this check leaves the latch set, so nothing is slept through.
+pub fn sleep_unless(timeout: Duration, asked: impl FnOnce() -> bool) {
+    // SAFETY: ConfigReloadPending is set by the signal handler and read here only.
+    let reload_pending = unsafe { pg_sys::ConfigReloadPending } != 0;
+    reload_settings_if_asked();
+    if !timeout.is_zero() && !reload_pending && !asked() {
+        sleep(timeout);
+    }
+}
+
 /// Re-reads postgresql.conf when a SIGHUP asked for it (`pg_reload_conf()`).
 pub fn reload_settings_if_asked() {
     // SAFETY: ConfigReloadPending is set by the signal handler and read here only.

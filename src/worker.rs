@@ -10,7 +10,7 @@
 use crate::cursor::Cursor;
 use crate::errors::ReaperError;
 use crate::history::{self, Run, Status};
-use crate::process::{reload_settings_if_asked, sleep};
+use crate::process::{reload_settings_if_asked, sleep, sleep_unless};
 use crate::reap::{self, Locked, Progress};
 use crate::security::as_role;
 use crate::settings;
@@ -250,13 +250,7 @@ impl Worker {
                 }
             };
             set_state(WorkerState::Idle, pg_sys::InvalidOid);
-            // The latch protocol: a wake-up or a reload (SIGHUP) that came while the worker
-            // looked may have had its latch reset by a wait inside (a lock wait resets it), so
-            // both are checked again before sleeping; one after this check leaves the latch set.
-            let reload_pending = unsafe { pg_sys::ConfigReloadPending } != 0;
-            if !pause.is_zero() && !wake_request(false) && !reload_pending {
-                sleep(pause);
-            }
+            sleep_unless(pause, || wake_request(false));
         }
     }
 
