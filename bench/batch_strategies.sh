@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# batch_strategies.sh — how should one reap batch be written? Measures, on one throwaway
-# cluster and the same data, one big DELETE against two client-side batch loops (a commit per
-# batch) and session_reaper's own worker (batch_delay 0), and prints rows/s, WAL and the
-# longest transaction, each relative to the single DELETE.
+# batch_strategies.sh — the backlog workload: how fast, and at what cost, does each way of
+# clearing a backlog go? On one throwaway cluster and the same data: one big DELETE (what cron
+# scripts do), pg_cron running it, two client-side batch loops (a commit per batch) and
+# session_reaper's own worker, throttled by its defaults and flat out. Prints rows/s, WAL and
+# the longest transaction, each relative to the single DELETE, and the table's size after (and
+# after VACUUM); draws them (bench/plots.py, PLOT=FILE, default bench/backlog.png).
 #
 #   bash bench/batch_strategies.sh [ROWS]      # default 2,000,000 rows, half expired
 #   STRATEGIES="single reaper:10000 reaper:40000" bash bench/batch_strategies.sh   # a subset
 #
+# Strategies: single (one DELETE), cron (that DELETE as a pg_cron job; it waits for the next
+# minute), skip_locked (ctid batches of 10,000 + FOR UPDATE SKIP LOCKED), pk_cte (primary-key
+# CTE batches + SKIP LOCKED), reaper:N (the worker, batch_size N, batch_delay 0: flat out),
+# reaper:N:D (batch_size N, batch_delay D ms; reaper:10000:75 is the defaults).
 # The table is the one MEASUREMENTS.md describes: sessions(id, user_id, token, data jsonb,
 # created_at, expires_at), ~256 bytes a row, indexed on expires_at and user_id, in cache.
 set -euo pipefail
@@ -14,13 +20,16 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-2000000}
 source scripts/cluster.sh
 source bench/sessions.sh
+pg_cron_install
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}" "${BENCH_PORT:-54340}" \
+  "shared_preload_libraries = 'session_reaper,pg_cron'" "${PG_CRON_CONF[@]}" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
   "reaper.interval = '1h'" "reaper.batch_delay = 0" "reaper.analyze_after = 0"
 trap cluster_stop EXIT
 
 cluster_psql -q <<'SQL'
 CREATE EXTENSION session_reaper;
+CREATE EXTENSION pg_cron;
 CREATE TABLE results (strategy text, rows bigint, batches int, seconds float8, wal_bytes numeric, longest_ms float8,
                       table_after bigint, indexes_after bigint, table_vacuumed bigint, indexes_vacuumed bigint);
 -- run_batches executes one batch statement until it deletes fewer rows than a full batch,
@@ -48,33 +57,49 @@ single="DELETE FROM sessions WHERE expires_at < now()"
 skip_locked="DELETE FROM sessions WHERE ctid = ANY (ARRAY(SELECT ctid FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED))"
 pk_cte="WITH b AS (SELECT id FROM sessions WHERE expires_at < now() LIMIT 10000 FOR UPDATE SKIP LOCKED) DELETE FROM sessions s USING b WHERE s.id = b.id"
 
-# reaper_run lets session_reaper's worker clear the backlog (registering wakes it) and records
-# its run from the history, which has the run's longest batch (= longest transaction).
+# wal_mark notes the WAL position; wal_since prints the SQL for the WAL written since.
+wal_mark() {
+  cluster_psql -q -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS mark" -c "CREATE TABLE mark AS SELECT pg_current_wal_insert_lsn() AS lsn"
+}
+wal_since="pg_current_wal_insert_lsn() - (SELECT lsn FROM mark)"
+
+# reaper_run N D lets session_reaper's worker clear the backlog (registering wakes it) with
+# batch_size N and batch_delay D ms, and records its run from the history, which has the run's
+# longest batch (= longest transaction). Waited for over one connection (cluster_wait_for): a
+# psql per poll would take the worker's CPU.
 reaper_run() {
-  cluster_psql -q <<SQL
-DROP TABLE IF EXISTS mark;
-CREATE TABLE mark AS SELECT pg_current_wal_insert_lsn() AS lsn;
-SELECT reaper_register('sessions', batch_size => $1);
-SQL
-  for _ in $(seq 1 6000); do
-    done_runs=$(cluster_psql -qAt -c "SELECT count(*) FROM reaper_history WHERE trigger = 'worker' AND rows > 0")
-    [ "$done_runs" -gt 0 ] && break
-    sleep 0.1
-  done
-  [ "$done_runs" -gt 0 ] || { echo "the worker did not finish within 10 minutes" >&2; exit 1; }
-  cluster_psql -q -c "INSERT INTO results SELECT 'reaper batch $1', rows, batches, extract(epoch FROM duration),
-      pg_current_wal_insert_lsn() - (SELECT lsn FROM mark), extract(epoch FROM longest_batch) * 1000
-    FROM reaper_history WHERE trigger = 'worker' AND rows > 0"
+  local name="reaper batch $1"
+  [ "$2" -eq 0 ] || name="reaper batch $1, pause $2 ms"
+  cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = $2" -c "SELECT pg_reload_conf()" >/dev/null
+  wal_mark
+  cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => $1)" >/dev/null
+  cluster_wait_for "EXISTS (SELECT FROM reaper_history WHERE trigger = 'worker' AND rows > 0)" ||
+    { echo "the worker did not finish within 10 minutes" >&2; exit 1; }
+  cluster_psql -q -c "INSERT INTO results SELECT '$name', rows, batches, extract(epoch FROM duration),
+      $wal_since, extract(epoch FROM longest_batch) * 1000
+    FROM reaper_history WHERE trigger = 'worker' AND rows > 0" \
+    -c "ALTER SYSTEM RESET reaper.batch_delay" -c "SELECT pg_reload_conf()" >/dev/null
 }
 
-# STRATEGIES picks the contenders; reaper:N is session_reaper's worker with batch_size N.
-for strategy in ${STRATEGIES:-single skip_locked pk_cte reaper:10000}; do
+# cron_run lets pg_cron run the DELETE once; its job is one transaction, so its time is the
+# longest transaction. The WAL includes pg_cron's own few rows.
+cron_run() {
+  local start end rows
+  wal_mark
+  read -r start end rows < <(cron_delete_once)
+  cluster_psql -q -c "INSERT INTO results VALUES ('pg_cron', $rows, 1, $end - $start, $wal_since, ($end - $start) * 1000)"
+}
+
+for strategy in ${STRATEGIES:-single cron skip_locked pk_cte reaper:10000:75 reaper:10000 reaper:30000}; do
   fill_sessions "$ROWS"
   case $strategy in
     single) cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)" ;;
     skip_locked) cluster_psql -q -c "CALL run_batches('skip_locked', \$\$$skip_locked\$\$, 10000)" ;;
     pk_cte) cluster_psql -q -c "CALL run_batches('pk_cte', \$\$$pk_cte\$\$, 10000)" ;;
-    reaper:*) reaper_run "${strategy#reaper:}" ;;
+    cron) cron_run ;;
+    reaper:*)
+      IFS=: read -r _ size delay <<< "$strategy"
+      reaper_run "$size" "${delay:-0}" ;;
   esac
   left=$(cluster_psql -qAt -c "SELECT count(*) FROM sessions WHERE expires_at < now() - interval '1 minute'")
   [ "$left" -eq 0 ] || { echo "$strategy left $left expired rows" >&2; exit 1; }
@@ -96,3 +121,7 @@ SELECT r.strategy, r.rows, r.batches, round((r.rows / r.seconds)::numeric) AS ro
        pg_size_pretty(r.table_vacuumed) || ' + ' || pg_size_pretty(r.indexes_vacuumed) AS after_vacuum
   FROM results r, results s WHERE s.strategy = 'single' ORDER BY r.strategy <> 'single', r.strategy;
 SQL
+
+# The plot: the same figures as bars (bench/plots.py; skipped without matplotlib).
+cluster_psql -At -F $'\t' -c "SELECT strategy, rows, seconds, wal_bytes, longest_ms FROM results" > "$CLUSTER_DIR/backlog.tsv"
+python3 bench/plots.py backlog "$CLUSTER_DIR/backlog.tsv" "${PLOT:-bench/backlog.png}"

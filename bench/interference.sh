@@ -37,21 +37,11 @@ ROWS=${1:-2000000} DURATION=${2:-40} START=10 ROUNDS=${ROUNDS:-1} CLIENTS=${CLIE
 CONTENDERS=${CONTENDERS:-none delete cron loop reaper reaper_fast}
 OUT=${OUT:-${SR_TMP:-/tmp}/session_reaper_interference}
 mkdir -p "$OUT"
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-
-# pg_cron in the Postgres under test (a private copy gets the package's files).
-if [ ! -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]; then
-  dpkg-query -W -f='${Status}' postgresql-15-cron 2>/dev/null | grep -q 'install ok installed' ||
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-cron >/dev/null; }
-  cp /usr/lib/postgresql/15/lib/pg_cron.so "$("$PG_CONFIG" --pkglibdir)/" 2>/dev/null || true
-  cp /usr/share/postgresql/15/extension/pg_cron* "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true
-fi
-
 source scripts/cluster.sh
 source bench/sessions.sh
+pg_cron_install
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
-  "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "cron.database_name = 'postgres'" \
-  "cron.use_background_workers = on" \
+  "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "${PG_CRON_CONF[@]}" \
   "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"} ${PHASES:+"log_min_messages = debug1"} ${PHASES:+"log_timezone = 'UTC'"}
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
@@ -102,13 +92,7 @@ clear() {
       start=$(now_s)
       rows=$(cluster_psql -At -c "WITH d AS (DELETE FROM sessions WHERE expires_at < now() RETURNING 1) SELECT count(*) FROM d")
       echo "$start $(now_s) $rows -" ;;
-    cron)
-      cluster_psql -q -c "SELECT cron.schedule('reap', '* * * * *', 'DELETE FROM sessions WHERE expires_at < now()')" >/dev/null
-      cluster_wait_for "EXISTS (SELECT FROM cron.job_run_details WHERE status IN ('succeeded', 'failed'))"
-      cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM start_time), extract(epoch FROM end_time),
-                                        coalesce(nullif(regexp_replace(return_message, '\\D', '', 'g'), ''), '0'), '-'
-                                   FROM cron.job_run_details ORDER BY runid DESC LIMIT 1"
-      cluster_psql -q -c "SELECT cron.unschedule('reap')" -c "DELETE FROM cron.job_run_details" >/dev/null ;;
+    cron) echo "$(cron_delete_once) -" ;;
     loop)
       # One session, as an app's loop keeps its connection; a commit per batch.
       start=$(now_s)
@@ -212,7 +196,7 @@ done
 
 REPORT=${REPORT:-bench/last_interference.txt}
 python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" "$CLIENTS" | tee "$REPORT"
-cp "$OUT"/interference_*.png "$(dirname "$REPORT")/" 2>/dev/null || true
+cp "$OUT"/interference_*.png "${PLOTS:-$(dirname "$REPORT")}/" 2>/dev/null || true
 
 # PHASES=1: the worker logged each batch and prune at DEBUG1; line the app's transactions up
 # against them, per reaping contender and round.

@@ -15,10 +15,33 @@
 #   burner_calibrate     # sets BURN_LOOPS_PER_MS: the burner's loop rate, measured before any load
 #   burn_cpu cpu:B:R     # a backend that does B ms of CPU work, then sleeps R ms, for 10 s;
 #                        # prints the CPU seconds it used
+#   pg_cron_install      # pg_cron in the Postgres under test (before cluster_start, with
+#                        # pg_cron in shared_preload_libraries and "${PG_CRON_CONF[@]}")
+#   cron_delete_once     # pg_cron runs the cron scripts' DELETE once (at the next minute);
+#                        # prints "start end rows" (Unix seconds), from its job_run_details
 # The table and its indexes fit in shared_buffers, no checkpoint or autovacuum runs while the
 # store does, and the worker runs only when a contender registers a target.
 SESSION_STORE_CONF=("shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'"
   "autovacuum = off" "reaper.interval = '1h'" "reaper.analyze_after = 0")
+PG_CRON_CONF=("cron.database_name = 'postgres'" "cron.use_background_workers = on")
+pg_cron_install() {
+  [ -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ] && return 0
+  dpkg-query -W -f='${Status}' postgresql-15-cron 2>/dev/null | grep -q 'install ok installed' ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-cron >/dev/null; }
+  # A private copy of Postgres (scripts/sandbox.sh) gets the package's files.
+  cp /usr/lib/postgresql/15/lib/pg_cron.so "$("$PG_CONFIG" --pkglibdir)/" 2>/dev/null || true
+  cp /usr/share/postgresql/15/extension/pg_cron* "$("$PG_CONFIG" --sharedir)/extension/" 2>/dev/null || true
+}
+
+cron_delete_once() {
+  cluster_psql -q -c "SELECT cron.schedule('reap', '* * * * *', 'DELETE FROM sessions WHERE expires_at < now()')" >/dev/null
+  cluster_wait_for "EXISTS (SELECT FROM cron.job_run_details WHERE status IN ('succeeded', 'failed'))"
+  cluster_psql -At -F ' ' -c "SELECT extract(epoch FROM start_time), extract(epoch FROM end_time),
+                                    coalesce(nullif(regexp_replace(return_message, '\\D', '', 'g'), ''), '0')
+                               FROM cron.job_run_details ORDER BY runid DESC LIMIT 1"
+  cluster_psql -q -c "SELECT cron.unschedule('reap')" -c "DELETE FROM cron.job_run_details" >/dev/null
+}
+
 fill_sessions() {
   cluster_psql -q <<SQL >/dev/null
 DROP TABLE IF EXISTS sessions;

@@ -12,8 +12,9 @@
 //!   used for the usual small backlog, and when a run must stop at an exact row count.
 //!
 //! Either way the dead-row condition is part of the DELETE itself, so a row refreshed after the
-//! batch began is re-checked and kept. No row lock is taken first: `FOR UPDATE SKIP LOCKED`
-//! writes a lock record per row (measured: 11-19% more WAL).
+//! batch began is re-checked and kept; that re-check is written so that no index can serve it
+//! (see `recheck`). No row lock is taken first: `FOR UPDATE SKIP LOCKED` writes a lock record
+//! per row (measured: 11-19% more WAL).
 
 use crate::action::Action;
 use crate::sql::{quote_ident, quote_literal};
@@ -99,6 +100,7 @@ impl Cursor {
     pub fn statement(&self, target: &Target, limit: i64, skip_locked: bool) -> String {
         let table = target.qualified();
         let dead = target.dead_condition();
+        let recheck = recheck(&dead);
         let action = &target.action;
         let lock = if skip_locked {
             " FOR UPDATE SKIP LOCKED"
@@ -110,11 +112,11 @@ impl Cursor {
                 let (first, end) = self.pages().expect("a page cursor has pages");
                 let range = page_range(first, end);
                 let which = if skip_locked {
-                    format!("ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {range} AND {dead}{lock}))")
+                    format!("ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {range} AND {recheck}{lock}))")
                 } else {
                     range
                 };
-                let which = format!("{which} AND {dead}");
+                let which = format!("{which} AND {recheck}");
                 match action {
                     // The common case, as plain as one big DELETE: its row count is the
                     // statement's own (a RETURNING CTE cost ~20% more per row, measured).
@@ -212,9 +214,22 @@ fn span_for(wanted: f64, limit: i64, rows_per_page: f64) -> u32 {
     wanted.clamp(1.0, most) as u32
 }
 
+/// The dead-row condition for a statement whose rows are already found by their physical
+/// address (a page range, or the ctids a batch picked): the same in a WHERE clause, but no
+/// index can serve `… IS TRUE`, so the planner keeps the TID scan. With statistics older than
+/// the rows' expiry it estimated one dead row and chose an index scan over every dead row of
+/// the table, each checked against the batch's ctids: 2.7 s for a batch of 10,000 out of
+/// 27,000 dead rows instead of 39 ms, and a scan of the whole backlog for every page range.
+fn recheck(dead: &str) -> String {
+    format!("(({dead}) IS TRUE)")
+}
+
 /// Picks dead rows (by `key`, as `bound` orders and limits them), then acts on those still dead.
 fn pick_and_act(action: &Action, table: &str, dead: &str, key: &str, bound: &str) -> String {
-    let which = format!("ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {dead}");
+    let which = format!(
+        "ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {}",
+        recheck(dead)
+    );
     format!(
         "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{bound}), \
          gone AS ({}){} \

@@ -410,6 +410,46 @@ pub(crate) mod tests {
         );
     }
 
+    /// A batch's DELETE finds its rows by physical address even when the table's statistics
+    /// predate the rows' expiry (as they do in a steady state: they say every row expires
+    /// later). Its dead-row re-check once let the planner pick an index scan over every dead
+    /// row of the table instead, each checked against the batch's ctids (2.7 s for 10,000).
+    #[pg_test]
+    fn a_batch_keeps_its_tid_scan_when_the_statistics_predate_the_expiry() {
+        sessions_table();
+        run("CREATE INDEX ON sessions (expires_at)");
+        run("INSERT INTO sessions (token, expires_at)
+               SELECT 'live', now() + interval '1 day' FROM generate_series(1, 20000)");
+        run("ANALYZE sessions");
+        run("INSERT INTO sessions (token, expires_at)
+               SELECT 'dead', now() - interval '1 second' * g FROM generate_series(1, 5000) g");
+        run("SELECT reaper_register('sessions')");
+        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'sessions'::regclass::oid")
+            .unwrap()
+            .unwrap();
+        let target = crate::target::load(Some(relid)).remove(0).target.unwrap();
+        let plan_of = |statement: String| {
+            Spi::explain(&statement)
+                .expect("the batch statement plans")
+                .0
+                .to_string()
+        };
+        let expiry = crate::cursor::Cursor::Expiry(None).statement(&target, 1000, false);
+        let plan = plan_of(expiry);
+        assert!(plan.contains(r#""Node Type":"Tid Scan""#), "{plan}");
+        let pages = crate::cursor::Cursor::Pages {
+            next: 0,
+            span: 20,
+            end: 200,
+            rows_per_page: 125.0,
+        };
+        for skip_locked in [false, true] {
+            let plan = plan_of(pages.statement(&target, 1000, skip_locked));
+            assert!(plan.contains(r#""Node Type":"Tid Range Scan""#), "{plan}");
+            assert!(!plan.contains("Index Scan"), "{plan}");
+        }
+    }
+
     /// A table with inheritance children is reaped as `DELETE FROM parent` would be, children
     /// included, however many pages they have: page ranges of the parent say nothing of theirs.
     #[pg_test]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# run.sh — issue 5's benchmark in one command: the four workloads, one after another (never
+# two at once: on this 2-core machine they would measure each other), each on its own
+# throwaway cluster, with session_reaper built in release mode and installed first.
+#
+#   bash bench/run.sh            # about 70 minutes on 2 cores
+#   QUICK=1 bash bench/run.sh    # about 25 minutes: one interference round, 2 minutes of
+#                                # steady state; figures noisier than the README's
+#
+# Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
+#   backlog.txt, backlog.png            bench/batch_strategies.sh: one DELETE, pg_cron, two
+#                                       client loops, session_reaper's defaults and flat out
+#   interference.txt, interference_*.png  bench/interference.sh: the same under a pgbench
+#                                       session store (ROUNDS rounds, default 3; medians)
+#   steady_state.txt, steady_state.png  bench/steady_state.sh: rows expiring at a constant rate
+#   idle_and_scale.txt                  bench/idle_and_scale.sh: 1,000 targets, 10 databases
+# and run.txt: when each began and ended, the build and the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${OUT_DIR:-bench/latest}
+ROUNDS=${ROUNDS:-3} STEADY_MINUTES=10
+[ -z "${QUICK:-}" ] || ROUNDS=1 STEADY_MINUTES=2
+export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+mkdir -p "$OUT_DIR"
+
+bash scripts/setup.sh
+sudo_flag=()
+[ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+echo "== building (release) and installing session_reaper into $("$PG_CONFIG" --bindir)"
+cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+
+log=$OUT_DIR/run.txt
+{
+  echo "bash bench/run.sh${QUICK:+ (QUICK=1)}, ROUNDS=$ROUNDS, steady state $STEADY_MINUTES min"
+  echo "build: $(git log -1 --format='%h %s' | cut -c1-100)$(git diff --quiet HEAD || echo ' (+ local changes)')"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo), $("$PG_CONFIG" --version)"
+} | tee "$log"
+
+# step NAME COMMAND...: runs one workload, its output into OUT_DIR/NAME.txt, and logs its times.
+step() {
+  local name=$1
+  shift
+  echo "== $name: $* (from $(date -u '+%F %H:%M') UTC)" | tee -a "$log"
+  "$@" 2>&1 | tee "$OUT_DIR/$name.txt"
+  echo "   $name done at $(date -u '+%H:%M') UTC" | tee -a "$log"
+}
+
+step backlog env PLOT="$OUT_DIR/backlog.png" bash bench/batch_strategies.sh
+# The report is in what interference.sh prints; its plots go beside it.
+step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" bash bench/interference.sh
+step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
+step idle_and_scale bash bench/idle_and_scale.sh
