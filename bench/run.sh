@@ -3,8 +3,8 @@
 # two at once: on this 2-core machine they would measure each other), each on its own
 # throwaway cluster, with session_reaper built in release mode and installed first.
 #
-#   bash bench/run.sh            # about 70 minutes on 2 cores
-#   QUICK=1 bash bench/run.sh    # about 25 minutes: one interference round, 2 minutes of
+#   bash bench/run.sh            # about 40 minutes on 2 cores
+#   QUICK=1 bash bench/run.sh    # about 15 minutes: one interference round, 2 minutes of
 #                                # steady state; figures noisier than the README's
 #
 # Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
