@@ -33,6 +33,8 @@ def backlog(tsv, png):
                 for r in csv.reader(f, delimiter="\t")]
     # One DELETE first, as in the printed table; each bar says its ratio to it.
     rows.sort(key=lambda r: (r[0] != "single", r[0]))
+    if not rows or rows[0][0] != "single":
+        sys.exit("plots.py backlog: no 'single' row, the yardstick of every ratio")
     names = [r[0] for r in rows]
     single = rows[0]
     figures = (
@@ -58,9 +60,10 @@ def backlog(tsv, png):
 
 def steady(txt, png):
     # Sample lines: "second expired size unit cpu%", e.g. "   40      20504        23 MB      0.70%".
-    sample = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+) (kB|MB|GB)\s+([\d.]+)%$")
-    to_mb = {"kB": 1 / 1024, "MB": 1, "GB": 1024}
-    points = [m.groups() for m in map(sample.match, open(txt)) if m]
+    sample = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+) (bytes|kB|MB|GB)\s+([\d.]+)%$")
+    to_mb = {"bytes": 1 / 2**20, "kB": 1 / 1024, "MB": 1, "GB": 1024}
+    with open(txt) as f:
+        points = [m.groups() for m in map(sample.match, f) if m]
     seconds = [int(p[0]) for p in points]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))

@@ -6,6 +6,7 @@
 #   bash bench/run.sh            # about 40 minutes on 2 cores
 #   QUICK=1 bash bench/run.sh    # about 15 minutes: one interference round, 2 minutes of
 #                                # steady state; figures noisier than the README's
+#   ROUNDS=N STEADY_MINUTES=M bash bench/run.sh   # either set by hand
 #
 # Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
 #   backlog.txt, backlog.png            bench/batch_strategies.sh: one DELETE, pg_cron, two
@@ -18,21 +19,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-bench/latest}
-ROUNDS=${ROUNDS:-3} STEADY_MINUTES=10
-[ -z "${QUICK:-}" ] || ROUNDS=1 STEADY_MINUTES=2
+if [ -n "${QUICK:-}" ]; then ROUNDS=${ROUNDS:-1} STEADY_MINUTES=${STEADY_MINUTES:-2}; fi
+ROUNDS=${ROUNDS:-3} STEADY_MINUTES=${STEADY_MINUTES:-10}
 export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 mkdir -p "$OUT_DIR"
 
 bash scripts/setup.sh
+# The plots (bench/plots.py, bench/interference_report.py); the tables print without it.
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
 sudo_flag=()
 [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
 echo "== building (release) and installing session_reaper into $("$PG_CONFIG" --bindir)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
 
+# The build, read before this run writes its own files into the tree.
+build="$(git log -1 --format='%h %s' | cut -c1-100)$(git diff --quiet HEAD -- . ":!$OUT_DIR" || echo ' (+ local changes)')"
 log=$OUT_DIR/run.txt
 {
   echo "bash bench/run.sh${QUICK:+ (QUICK=1)}, ROUNDS=$ROUNDS, steady state $STEADY_MINUTES min"
-  echo "build: $(git log -1 --format='%h %s' | cut -c1-100)$(git diff --quiet HEAD || echo ' (+ local changes)')"
+  echo "build: $build"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo), $("$PG_CONFIG" --version)"
 } | tee "$log"
 
@@ -47,6 +52,8 @@ step() {
 
 step backlog env PLOT="$OUT_DIR/backlog.png" bash bench/batch_strategies.sh
 # The report is in what interference.sh prints; its plots go beside it.
-step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" bash bench/interference.sh
+# A fresh OUT: interference.sh keeps the other contenders' lines of an earlier run's rounds.
+step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" \
+  OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_interference.XXXXXX")" bash bench/interference.sh
 step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
 step idle_and_scale bash bench/idle_and_scale.sh
