@@ -91,7 +91,7 @@ reaper_run() {
 cron_run() {
   local start end rows
   wal_mark
-  read -r start end rows < <(cron_delete_once $((ROWS / 2)))
+  read -r start end rows < <(cron_delete_once)
   [ -n "$rows" ] || exit 1
   cluster_psql -q -c "INSERT INTO results VALUES ('pg_cron', $rows, 1, $end - $start, $wal_since, ($end - $start) * 1000)"
 }

@@ -94,7 +94,7 @@ clear() {
       echo "$start $(now_s) $rows -" ;;
     cron)
       # A command substitution would hide a failed wait from set -e.
-      read -r start end rows < <(cron_delete_once $((ROWS / 2)))
+      read -r start end rows < <(cron_delete_once)
       [ -n "$rows" ] || return 1
       echo "$start $end $rows -" ;;
     loop)
