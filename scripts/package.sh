@@ -2,7 +2,7 @@
 # package.sh — the Debian package postgresql-15-session-reaper, from `cargo pgrx package`.
 #
 #   bash scripts/package.sh      # prints the .deb's path last, e.g.
-#                                # target/debian/postgresql-15-session-reaper_0.2.0_amd64.deb
+#                                # target/debian/postgresql-15-session-reaper_0.3.0_amd64.deb
 #   sudo dpkg -i target/debian/postgresql-15-session-reaper_*.deb
 #
 # The package holds what `cargo pgrx package` puts into Postgres' library and extension

@@ -63,11 +63,12 @@ LANGUAGE c STABLE PARALLEL UNSAFE ROWS 1
 AS 'MODULE_PATHNAME', 'reaper_worker_wrapper';
 COMMENT ON FUNCTION reaper_worker() IS 'session_reaper: this database''s worker: its pid, what it is doing, the target it is on';
 
-CREATE FUNCTION reaper_next_run(schedule text, last_run_at timestamptz) RETURNS timestamptz
+CREATE FUNCTION reaper_next_run(schedule text, last_run_at timestamptz, registered_at timestamptz)
+RETURNS timestamptz
 LANGUAGE c STABLE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'reaper_next_run_wrapper';
-COMMENT ON FUNCTION reaper_next_run(text, timestamptz)
-    IS 'session_reaper: when a target with this schedule (NULL: reaper.interval) that last ran then runs next';
+AS 'MODULE_PATHNAME', 'reaper_next_run_v3_wrapper';
+COMMENT ON FUNCTION reaper_next_run(text, timestamptz, timestamptz)
+    IS 'session_reaper: when a target with this schedule (NULL: reaper.interval), registered then, that last ran then runs next';
 
 CREATE VIEW reaper_target_stats WITH (security_barrier) AS
 SELECT t.relid AS target, t.column_name::text AS column_name, t.enabled, t.schedule,
@@ -75,7 +76,9 @@ SELECT t.relid AS target, t.column_name::text AS column_name, t.enabled, t.sched
        coalesce(s.total_deleted, 0) AS total_deleted, coalesce(s.total_runs, 0) AS total_runs,
        coalesce(s.total_errors, 0) AS total_errors, s.last_duration,
        s.backlog_rows AS dead_rows_estimate, now() - s.oldest_dead_expiry AS oldest_dead_age,
-       CASE WHEN t.enabled THEN reaper_next_run(t.schedule, s.last_run_at) END AS next_run_at,
+       CASE WHEN NOT t.enabled THEN NULL
+            WHEN s.wake_requested_at IS NOT NULL THEN s.wake_requested_at
+            ELSE reaper_next_run(t.schedule, s.last_run_at, t.registered_at) END AS next_run_at,
        w.pid AS worker_pid, w.state AS worker_state, w.current_target, s.backlog_at
   FROM reaper_target t
   JOIN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) viewer
@@ -97,7 +100,11 @@ LANGUAGE sql STABLE PARALLEL UNSAFE
 AS 'SELECT * FROM @extschema@.reaper_target_stats';
 COMMENT ON FUNCTION reaper_stats() IS 'session_reaper: per target, what the reaper did and what its last run left behind';
 
-CREATE FUNCTION reaper_wake() RETURNS boolean
+-- reaper_wake runs targets now through the worker, with its per-batch commits. A caller may
+-- wake only the targets it may manage (the table's owner, a member of the owning role, or a
+-- superuser): waking another role's target is refused like purging it.
+CREATE FUNCTION reaper_wake(target regclass DEFAULT NULL) RETURNS bigint
 LANGUAGE c VOLATILE PARALLEL UNSAFE
-AS 'MODULE_PATHNAME', 'reaper_wake_wrapper';
-COMMENT ON FUNCTION reaper_wake() IS 'session_reaper: ask this database''s worker to run every target now; false when it has no worker';
+AS 'MODULE_PATHNAME', 'reaper_wake_v3_wrapper';
+COMMENT ON FUNCTION reaper_wake(regclass)
+    IS 'session_reaper: ask this database''s worker to run this target now (NULL: every enabled target you may manage); returns how many it will run';

@@ -31,7 +31,7 @@ COMMENT ON SEQUENCE reaper_target_id_seq IS 'session_reaper: target ids (reaper_
 CREATE TABLE reaper_state (
     target_id     bigint PRIMARY KEY REFERENCES reaper_target (id) ON DELETE CASCADE,
     last_run_at   timestamptz,
-    last_status   text CHECK (last_status IN ('ok', 'error', 'timeout', 'skipped')),
+    last_status   text CHECK (last_status IN ('ok', 'error', 'timeout', 'skipped', 'interrupted')),
     last_error    text,
     last_deleted  bigint,
     last_duration interval,
@@ -43,7 +43,16 @@ CREATE TABLE reaper_state (
     backlog_rows       bigint,
     oldest_dead_expiry timestamptz,
     backlog_at         timestamptz,
-    last_success_at    timestamptz
+    last_success_at    timestamptz,
+    -- Added in 0.3.0: the worker's run in progress, written with each batch it commits, so a
+    -- run cut short by a shutdown or crash is recorded ('interrupted') when the worker starts
+    -- again; and a run asked for by reaper_wake(), cleared by the run that serves it.
+    run_started_at     timestamptz,
+    run_noted_at       timestamptz,
+    run_rows           bigint,
+    run_batches        integer,
+    run_partitions     integer,
+    wake_requested_at  timestamptz
 );
 COMMENT ON TABLE reaper_state IS 'session_reaper: per-target counters, read by reaper_stats()';
 
@@ -59,7 +68,7 @@ CREATE TABLE reaper_run (
     batches     integer NOT NULL,
     -- In the worker each batch is one transaction: the longest a run held one.
     longest_batch interval NOT NULL,
-    status      text NOT NULL CHECK (status IN ('ok', 'error', 'timeout', 'skipped')),
+    status      text NOT NULL CHECK (status IN ('ok', 'error', 'timeout', 'skipped', 'interrupted')),
     error       text,
     partitions_dropped integer NOT NULL DEFAULT 0
 );

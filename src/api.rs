@@ -236,9 +236,31 @@ fn describe(
     )
 }
 
-/// reaper_wake asks this database's worker to run every enabled target now, with its usual
-/// per-batch commits; false when the database has no running worker.
+/// reaper_wake asks this database's worker to run the named target now (NULL: every enabled
+/// target the caller may manage), with its usual per-batch commits; returns how many targets
+/// it will run. Naming a target the caller may not manage is refused, as purging it is.
 #[pg_extern(sql = false)]
-fn reaper_wake() -> bool {
-    crate::shmem::wake_worker(unsafe { pg_sys::MyDatabaseId }.to_u32())
+fn reaper_wake_v3(target: Option<pg_sys::Oid>) -> i64 {
+    pinned(|| {
+        let ids: Vec<i64> = chosen_targets(target, "wake")
+            .into_iter()
+            .filter(|r| {
+                if !r.enabled {
+                    pgrx::notice!("target \"{}\" is disabled: it is not run", r.name);
+                }
+                r.enabled
+            })
+            .map(|r| r.id)
+            .collect();
+        if !ids.is_empty() {
+            history::request_wake(&ids);
+            crate::hooks::wake_worker_at_commit();
+        }
+        if !crate::shmem::has_worker(unsafe { pg_sys::MyDatabaseId }.to_u32()) {
+            pgrx::notice!(
+                "this database has no session_reaper worker running: the targets run when it starts"
+            );
+        }
+        ids.len() as i64
+    })
 }

@@ -5,7 +5,7 @@
 
 use crate::security::{as_role, with_settings};
 use crate::target::Target;
-use crate::txn::in_subtransaction;
+use crate::txn::{in_subtransaction, with_statement_timeout};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
@@ -33,22 +33,25 @@ pub fn measure(t: &Target) -> Backlog {
         ("search_path", t.search_path()),
         ("lock_timeout", "100ms".to_string()),
     ];
+    // Bounded like a batch: a probe without an index scans the whole table.
     in_subtransaction(|| {
-        with_settings(&settings, || {
-            as_role(t.owner, || {
-                let oldest_expiry =
-                    Spi::get_one::<TimestampWithTimeZone>(&oldest).expect("oldest dead row");
-                let counted = Spi::get_one::<i64>(&counted)
-                    .expect("counting dead rows")
-                    .unwrap_or(0);
-                let rows = match counted {
-                    n if n < COUNT_UP_TO => n,
-                    n => t.dead_rows_estimate().unwrap_or(n).max(n),
-                };
-                Backlog {
-                    rows: Some(rows),
-                    oldest_expiry,
-                }
+        with_statement_timeout(crate::settings::statement_timeout(), || {
+            with_settings(&settings, || {
+                as_role(t.owner, || {
+                    let oldest_expiry =
+                        Spi::get_one::<TimestampWithTimeZone>(&oldest).expect("oldest dead row");
+                    let counted = Spi::get_one::<i64>(&counted)
+                        .expect("counting dead rows")
+                        .unwrap_or(0);
+                    let rows = match counted {
+                        n if n < COUNT_UP_TO => n,
+                        n => t.dead_rows_estimate().unwrap_or(n).max(n),
+                    };
+                    Backlog {
+                        rows: Some(rows),
+                        oldest_expiry,
+                    }
+                })
             })
         })
     })

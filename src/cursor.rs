@@ -141,11 +141,10 @@ impl Cursor {
                     )
                 });
                 let bound = format!("{from} ORDER BY {col} LIMIT {limit}{lock}");
-                pick_and_act(action, &table, (&dead, &recheck), &col, &bound)
+                pick_and_act(target, (&dead, &recheck), &col, &bound)
             }
             Cursor::FromStart => pick_and_act(
-                action,
-                &table,
+                target,
                 (&dead, &recheck),
                 "ctid",
                 &format!(" LIMIT {limit}{lock}"),
@@ -232,20 +231,32 @@ fn recheck(target: &Target, dead: &str) -> String {
 }
 
 /// Picks dead rows (by `key`, as `bound` orders and limits them, with `dead`), then acts on
-/// those still dead (`recheck`).
-fn pick_and_act(
-    action: &Action,
-    table: &str,
-    (dead, recheck): (&str, &str),
-    key: &str,
-    bound: &str,
-) -> String {
-    let which = format!("ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {recheck}");
+/// those still dead (`recheck`). A row is found again by its physical address; in a table
+/// with partitions or children the same address exists once in each of them, so there the
+/// address is matched together with the relation it is in (`tableoid`), or one batch would
+/// act on the rows at those addresses in every partition.
+fn pick_and_act(target: &Target, (dead, recheck): (&str, &str), key: &str, bound: &str) -> String {
+    let table = target.qualified();
+    let action = &target.action;
+    let (picked, which) = if target.has_children {
+        (
+            "tableoid AS rel, ctid",
+            format!(
+                "ctid = ANY (ARRAY(SELECT ctid FROM batch)) \
+                 AND (tableoid, ctid) IN (SELECT rel, ctid FROM batch) AND {recheck}"
+            ),
+        )
+    } else {
+        (
+            "ctid",
+            format!("ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {recheck}"),
+        )
+    };
     format!(
-        "WITH batch AS MATERIALIZED (SELECT ctid, {key} AS key FROM {table} WHERE {dead}{bound}), \
+        "WITH batch AS MATERIALIZED (SELECT {picked}, {key} AS key FROM {table} WHERE {dead}{bound}), \
          gone AS ({}){} \
          SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch), {}",
-        action.modify(table, &which, dead),
+        action.modify(&table, &which, dead),
         action.follow_up(),
         action.again()
     )

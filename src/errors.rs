@@ -112,6 +112,10 @@ pub enum ReaperError {
     BadMaxRows {
         max_rows: i64,
     },
+    /// Batches that pick dead rows but remove none of them (a trigger or policy keeps them).
+    NothingRemoved {
+        table: String,
+    },
     /// A column of type timestamp/date whose target has no time zone recorded.
     TimezoneMissing {
         table: String,
@@ -141,6 +145,7 @@ impl ReaperError {
             Self::ArchiveNoInsert { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Self::BadUpdateSet { code, .. } => *code,
             Self::UpdateRepeats { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            Self::NothingRemoved { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -227,6 +232,9 @@ impl ReaperError {
             Self::BadMaxRows { max_rows } => {
                 format!("invalid max_rows {max_rows}: must be a positive number of rows")
             }
+            Self::NothingRemoved { table } => format!(
+                "batches on table \"{table}\" pick dead rows but remove none of them: the run is stopped"
+            ),
             Self::TimezoneMissing { table, column } => format!(
                 "target \"{table}\" has no timezone recorded for its column \"{column}\", which holds wall-clock times"
             ),
@@ -303,6 +311,9 @@ impl ReaperError {
                 "update_set is the list that follows SET in an UPDATE, such as 'ended_at = expires_at'.".into()
             }
             Self::BadMaxRows { .. } => "Pass a positive max_rows, or NULL for no limit.".into(),
+            Self::NothingRemoved { .. } => {
+                "Look for a BEFORE DELETE (or UPDATE) trigger that returns NULL, or a row-level security policy for DELETE narrower than the one for SELECT, on the table; or narrow the target's predicate to the rows that may go.".into()
+            }
             Self::TimezoneMissing { table, .. } => format!(
                 "Register it again with the zone the application writes in: SELECT reaper_register('{table}', timezone => 'UTC');"
             ),

@@ -23,6 +23,8 @@ pub enum Status {
     Timeout,
     /// Another reap of the same table held its lock.
     Skipped,
+    // A worker's run cut short by a shutdown or a crash is recorded as 'interrupted' by the
+    // next worker, in SQL ([`record_interrupted`]).
 }
 
 impl Status {
@@ -95,7 +97,18 @@ pub fn record(run: &Run) -> f64 {
            SELECT $1, started_at, CASE WHEN $7 = 'ok' THEN started_at END, $7, $8, $5,
                   finished_at - started_at, $5, 1, ($7 IN ('error', 'timeout'))::int, $12, $13,
                   finished_at FROM r
+            -- An unregistered target keeps its history row, but has no counters left to add to.
+            WHERE EXISTS (SELECT FROM {schema}.reaper_target WHERE id = $1)
            ON CONFLICT (target_id) DO UPDATE SET
+                  -- The worker's run is over: its in-flight progress goes. A wake asked for
+                  -- before this run started is served by it.
+                  run_started_at = CASE WHEN $3 = 'worker' THEN NULL ELSE s.run_started_at END,
+                  run_noted_at = CASE WHEN $3 = 'worker' THEN NULL ELSE s.run_noted_at END,
+                  run_rows = CASE WHEN $3 = 'worker' THEN NULL ELSE s.run_rows END,
+                  run_batches = CASE WHEN $3 = 'worker' THEN NULL ELSE s.run_batches END,
+                  run_partitions = CASE WHEN $3 = 'worker' THEN NULL ELSE s.run_partitions END,
+                  wake_requested_at = CASE WHEN s.wake_requested_at <= EXCLUDED.last_run_at
+                                           THEN NULL ELSE s.wake_requested_at END,
                   last_run_at = EXCLUDED.last_run_at,
                   last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
                   last_status = EXCLUDED.last_status,
@@ -151,6 +164,86 @@ pub fn record(run: &Run) -> f64 {
         );
     }
     took_ms
+}
+
+/// Notes, in the transaction of a worker's batch, what its run has done so far: if the worker
+/// is stopped before the run is recorded, the next worker records it as `interrupted` with
+/// exactly the rows that committed ([`record_interrupted`]).
+pub fn note_progress(target_id: i64, started_at: f64, progress: &Progress) {
+    let query = format!(
+        "INSERT INTO {}.reaper_state AS s
+                (target_id, run_started_at, run_noted_at, run_rows, run_batches, run_partitions)
+         SELECT $1, to_timestamp($2), clock_timestamp(), $3, $4, $5
+         ON CONFLICT (target_id) DO UPDATE SET
+                run_started_at = EXCLUDED.run_started_at, run_noted_at = EXCLUDED.run_noted_at,
+                run_rows = EXCLUDED.run_rows,
+                run_batches = EXCLUDED.run_batches, run_partitions = EXCLUDED.run_partitions",
+        ext_schema()
+    );
+    as_role(ext_owner(), || {
+        Spi::run_with_args(
+            &query,
+            &[
+                target_id.into(),
+                started_at.into(),
+                progress.rows.into(),
+                progress.batches.into(),
+                progress.partitions.into(),
+            ],
+        )
+    })
+    .expect("noting the run's progress");
+}
+
+/// Records the runs a stopped or crashed worker left unrecorded, as `interrupted`, with the
+/// rows of their committed batches; called when a worker starts, before it runs anything.
+pub fn record_interrupted() -> i64 {
+    let query = format!(
+        "WITH cut AS (
+           UPDATE {schema}.reaper_state s SET
+                  last_run_at = o.run_started_at, last_status = 'interrupted',
+                  last_error = 'the worker stopped before the run ended (shutdown or crash)',
+                  last_deleted = o.run_rows, last_duration = o.run_noted_at - o.run_started_at,
+                  total_deleted = s.total_deleted + o.run_rows, total_runs = s.total_runs + 1,
+                  backlog_rows = NULL, oldest_dead_expiry = NULL, backlog_at = NULL,
+                  run_started_at = NULL, run_noted_at = NULL, run_rows = NULL, run_batches = NULL,
+                  run_partitions = NULL
+             FROM {schema}.reaper_state o
+            WHERE o.target_id = s.target_id AND o.run_started_at IS NOT NULL
+           RETURNING s.target_id, o.run_started_at, o.run_noted_at, o.run_rows, o.run_batches, o.run_partitions,
+                     s.last_error, (SELECT t.relid FROM {schema}.reaper_target t WHERE t.id = s.target_id) AS relid)
+         INSERT INTO {schema}.reaper_run
+                (run_id, target_id, relid, trigger, started_at, finished_at, rows, batches,
+                 longest_batch, status, error, partitions_dropped)
+         SELECT gen_random_uuid(), target_id, relid, 'worker', run_started_at, run_noted_at, run_rows,
+                run_batches, '0', 'interrupted', last_error, run_partitions
+           FROM cut WHERE relid IS NOT NULL AND $1",
+        schema = ext_schema()
+    );
+    let keep_history = settings::log_history() != LogHistory::Off;
+    as_role(ext_owner(), || {
+        Spi::connect_mut(|client| {
+            client
+                .update(query.as_str(), None, &[keep_history.into()])
+                .map(|t| t.len() as i64)
+        })
+    })
+    .expect("recording interrupted runs")
+}
+
+/// Asks for a run of these targets now: the worker serves the request with the next run of
+/// each, which clears it (see [`record`]).
+pub fn request_wake(target_ids: &[i64]) {
+    let query = format!(
+        "INSERT INTO {}.reaper_state AS s (target_id, wake_requested_at)
+         SELECT id, now() FROM unnest($1::bigint[]) id
+         ON CONFLICT (target_id) DO UPDATE SET wake_requested_at = now()",
+        ext_schema()
+    );
+    as_role(ext_owner(), || {
+        Spi::run_with_args(&query, &[target_ids.to_vec().into()])
+    })
+    .expect("writing reaper_state");
 }
 
 /// Deletes up to 10,000 history rows older than `reaper.history_retention`; returns how many.

@@ -34,6 +34,9 @@ mod tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod action_tests;
 
+#[cfg(any(test, feature = "pg_test"))]
+mod trust_tests;
+
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);

@@ -46,6 +46,20 @@ pub fn sleep(timeout: Duration) {
     reload_settings_if_asked();
 }
 
+/// Pauses for the whole of `length`: a latch set meanwhile (a registration, a wake request)
+/// does not end the pause early, while a SIGTERM still ends the process and a SIGHUP still
+/// reloads the settings.
+pub fn pause(length: Duration) {
+    let until = std::time::Instant::now() + length;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        sleep(left);
+    }
+}
+
 /// Sleeps as [`sleep`] does, unless a request is already waiting: `asked()`, or a reload
 /// (which is done here). The latch protocol: a request that came during the caller's last step
 /// set the latch, but a wait inside that step (a lock wait) may have reset it; a request after

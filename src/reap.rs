@@ -30,6 +30,8 @@ pub struct Progress {
     pub partitions: i32,
     /// The longest batch: in the worker, the longest transaction the run held.
     pub longest_batch: Duration,
+    /// Batches in a row that picked dead rows and removed none of them.
+    pub stalls: u32,
 }
 
 impl Progress {
@@ -38,6 +40,20 @@ impl Progress {
         self.partitions += batch.partitions;
         self.batches += 1;
         self.longest_batch = self.longest_batch.max(took);
+        self.stalls = match batch.picked > 0 && batch.deleted == 0 {
+            true => self.stalls + 1,
+            false => 0,
+        };
+    }
+
+    /// The error that ends a run whose batches keep picking dead rows they cannot remove (a
+    /// BEFORE DELETE trigger that returns NULL, a DELETE policy narrower than the SELECT one):
+    /// the next batch would pick the same rows again, for ever. One such batch may be a race
+    /// (every picked row refreshed meanwhile); two in a row are not.
+    pub fn stuck(&self, target: &Target) -> Option<ReaperError> {
+        (self.stalls >= 2).then(|| ReaperError::NothingRemoved {
+            table: target.name.clone(),
+        })
     }
 }
 
@@ -58,6 +74,8 @@ pub fn try_lock(target: &Target) -> bool {
 pub struct Batch {
     /// Rows acted on: deleted, moved to the archive, or updated.
     pub deleted: i64,
+    /// Dead rows the batch picked before acting (0 for page batches, which pick nothing).
+    pub picked: i64,
     pub partitions: i32,
     /// The pages `[first, end)` a page batch covered, for [`prune_pages`].
     pub pages: Option<(u32, u64)>,
@@ -93,6 +111,7 @@ pub fn delete_batch(
                 action::drop_partition(target, &partition);
                 return Batch {
                     deleted: 0,
+                    picked: 0,
                     partitions: 1,
                     pages: None,
                     next: Some(Cursor::Partitions),
@@ -126,6 +145,7 @@ pub fn delete_batch(
         }
         Batch {
             deleted,
+            picked,
             partitions: 0,
             pages: cursor.pages(),
             next: cursor.after(limit, deleted, picked, last_key),
@@ -176,6 +196,9 @@ pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
             Locked::Wait,
         );
         progress.add(&batch, started.elapsed());
+        if let Some(stuck) = progress.stuck(target) {
+            stuck.raise();
+        }
         match batch.next {
             Some(next) => cursor = Some(next),
             None => return progress,

@@ -33,16 +33,19 @@ impl Schedule {
         own.unwrap_or_else(|| Self::Every(crate::settings::interval()))
     }
 
-    /// The next run after one that started at `last` (Unix seconds); a target that never ran
-    /// is due at once.
-    pub fn next_run(&self, last: Option<f64>, now: f64) -> f64 {
-        let Some(last) = last else { return now };
-        match self {
-            Self::Every(every) => last + every.as_secs_f64(),
-            Self::Cron(cron) => DateTime::<Utc>::from_timestamp(last.floor() as i64, 0)
-                .and_then(|start| cron.find_next_occurrence(&start, false).ok())
-                .map(|next| next.timestamp() as f64)
-                .unwrap_or(f64::INFINITY),
+    /// The next run after one that started at `last` (Unix seconds). A target that never ran
+    /// is due at once on an interval, and at the first cron time after it was registered
+    /// (`registered`) on a cron schedule: a schedule says when rows may go.
+    pub fn next_run(&self, last: Option<f64>, registered: f64, now: f64) -> f64 {
+        match (self, last) {
+            (Self::Every(_), None) => now,
+            (Self::Every(every), Some(last)) => last + every.as_secs_f64(),
+            (Self::Cron(cron), last) => {
+                DateTime::<Utc>::from_timestamp(last.unwrap_or(registered).floor() as i64, 0)
+                    .and_then(|start| cron.find_next_occurrence(&start, false).ok())
+                    .map(|next| next.timestamp() as f64)
+                    .unwrap_or(f64::INFINITY)
+            }
         }
     }
 }

@@ -25,15 +25,41 @@ impl Drop for UserGuard {
     }
 }
 
+/// A GUC nest level: every setting changed while it is open — by us, or by code we ran, even
+/// with `set_config(…, false)` or a plain `SET` — is put back when it is dropped, as Postgres
+/// does around ANALYZE and index builds (`AtEOXact_GUC(false, …)`). Dropped on success and
+/// while unwinding from an ERROR alike, so nothing survives the block in the caller's session.
+struct SettingsGuard {
+    level: i32,
+}
+
+impl SettingsGuard {
+    fn open() -> Self {
+        // SAFETY: opens a nest level in this backend; closed in drop.
+        SettingsGuard {
+            level: unsafe { pg_sys::NewGUCNestLevel() },
+        }
+    }
+}
+
+impl Drop for SettingsGuard {
+    fn drop(&mut self) {
+        // SAFETY: closes the level opened in `open`; inner levels were closed before it.
+        unsafe { pg_sys::AtEOXact_GUC(false, self.level) };
+    }
+}
+
 /// Runs `f` as `role`, the way `SET LOCAL ROLE` would, but scoped to `f`. The security context
-/// is restricted (as autovacuum does for index expressions) so a predicate's functions can
-/// neither change role back nor leave state behind for the caller.
+/// is restricted (as autovacuum does for index expressions) so the code `f` runs — a
+/// predicate, a trigger, a SET list — can neither change role back nor leave state behind,
+/// and any setting it changes is put back when `f` ends.
 pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut user = pg_sys::InvalidOid;
     let mut context = 0;
     // SAFETY: plain reads and writes of this backend's current user id.
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
-    let _guard = UserGuard { user, context };
+    let _user = UserGuard { user, context };
+    let _settings = SettingsGuard::open();
     let restricted = context
         | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
         | pg_sys::SECURITY_RESTRICTED_OPERATION as i32;
@@ -41,14 +67,14 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Runs `f` with the given settings, restored when `f` returns — what a function's `SET`
-/// clause does. On an ERROR the transaction's abort restores them.
+/// Runs `f` with the given settings; they, and any other setting changed inside `f`, are put
+/// back when `f` ends — what a function's `SET` clause does.
 pub fn with_settings<R>(settings: &[(&str, String)], f: impl FnOnce() -> R) -> R {
-    // SAFETY: a GUC nest level is opened and closed around `f` in this backend.
-    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    let _settings = SettingsGuard::open();
     for (name, value) in settings {
         let name = CString::new(*name).expect("setting names have no NUL");
         let value = CString::new(value.as_str()).expect("setting values have no NUL");
+        // SAFETY: sets a setting at the nest level opened above.
         unsafe {
             pg_sys::set_config_option(
                 name.as_ptr(),
@@ -62,9 +88,7 @@ pub fn with_settings<R>(settings: &[(&str, String)], f: impl FnOnce() -> R) -> R
             );
         }
     }
-    let result = f();
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    result
+    f()
 }
 
 /// The current user may manage tables owned by `owner`: it is that role, a member of it with

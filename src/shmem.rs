@@ -50,7 +50,8 @@ pub struct Slot {
     pub state: WorkerState,
     /// The table being reaped, while Reaping.
     pub current: u32,
-    /// Set by reaper_wake() and by registry changes; the worker runs every target at once.
+    /// Set by reaper_wake() and by registry changes: the worker looks at its targets again at
+    /// once (which of them run is up to their schedules and wake requests).
     pub wake: bool,
     /// For a NoExtension slot: the extension generation its worker looked at.
     pub generation: u64,
@@ -129,7 +130,16 @@ pub fn wake_pid(pid: i32) {
     }
 }
 
-/// Asks the worker of `database` to run every target now; false when it has no worker.
+/// Whether `database` has a running worker.
+pub fn has_worker(database: u32) -> bool {
+    SHARED
+        .share()
+        .slot_of(database)
+        .is_some_and(|slot| slot.pid != 0)
+}
+
+/// Asks the worker of `database` to look at its targets again now (a registry change, a
+/// reaper_wake request); false when it has no worker.
 pub fn wake_worker(database: u32) -> bool {
     let pid = {
         let mut shared = SHARED.exclusive();

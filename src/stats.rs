@@ -40,15 +40,23 @@ fn reaper_worker() -> TableIterator<
     ))
 }
 
-/// When a target with this schedule (None: `reaper.interval`) whose last run started at
-/// `last_run_at` runs next; a target that never ran is due now.
+/// When a target with this schedule (None: `reaper.interval`), registered at `registered_at`,
+/// whose last run started at `last_run_at` runs next (see `Schedule::next_run`).
 #[pg_extern(sql = false)]
-fn reaper_next_run(
+fn reaper_next_run_v3(
     schedule: Option<&str>,
     last_run_at: Option<TimestampWithTimeZone>,
+    registered_at: Option<TimestampWithTimeZone>,
 ) -> TimestampWithTimeZone {
-    let last = last_run_at.map(|at| pg_sys::TimestampTz::from(at) as f64 / 1e6 + POSTGRES_EPOCH);
-    timestamp(Schedule::of(schedule).next_run(last, unix_now()))
+    let now = unix_now();
+    let unix =
+        |at: TimestampWithTimeZone| pg_sys::TimestampTz::from(at) as f64 / 1e6 + POSTGRES_EPOCH;
+    let next = Schedule::of(schedule).next_run(
+        last_run_at.map(unix),
+        registered_at.map_or(now, unix),
+        now,
+    );
+    timestamp(next)
 }
 
 /// This database's worker slot, if it has a worker.

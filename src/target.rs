@@ -79,13 +79,23 @@ pub struct Registered {
     pub schedule: Schedule,
     /// When its last run started (Unix seconds), from `reaper_state`.
     pub last_run: Option<f64>,
+    /// When it was registered (Unix seconds): a cron target's first run is the cron time after.
+    pub registered_at: f64,
+    /// When its rule last changed (Unix seconds): a run in progress takes up a new rule.
+    pub updated_at: f64,
+    /// Someone who may manage it asked for a run now (`reaper_wake`).
+    pub wake_requested: bool,
     pub target: Result<Target, ReaperError>,
 }
 
 impl Registered {
     /// When this target is next due (Unix seconds).
     pub fn next_run(&self, now: f64) -> f64 {
-        self.schedule.next_run(self.last_run, now)
+        if self.wake_requested {
+            return now;
+        }
+        self.schedule
+            .next_run(self.last_run, self.registered_at, now)
     }
 }
 
@@ -103,7 +113,9 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                            AND i.indisvalid AND i.indpred IS NULL),
                 t.action, t.update_set,
                 (SELECT ac.oid FROM pg_catalog.pg_class ac WHERE ac.oid = t.archive_table),
-                c.relkind = 'p' OR c.relhassubclass
+                c.relkind = 'p' OR c.relhassubclass,
+                extract(epoch FROM t.registered_at)::float8, extract(epoch FROM t.updated_at)::float8,
+                s.wake_requested_at IS NOT NULL
            FROM {schema}.reaper_target t
            LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
            LEFT JOIN pg_catalog.pg_class c ON c.oid = t.relid
@@ -137,6 +149,9 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
     let schedule_text: Option<String> = row.get(17)?;
     let schedule = Schedule::of(schedule_text.as_deref());
     let last_run: Option<f64> = row.get(18)?;
+    let registered_at: f64 = row.get(24)?.unwrap_or(0.0);
+    let updated_at: f64 = row.get(25)?.unwrap_or(0.0);
+    let wake_requested: bool = row.get(26)?.unwrap_or(false);
     let target = match owner {
         None => Err(ReaperError::TableMissing {
             target: name.clone(),
@@ -187,6 +202,9 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
         enabled,
         schedule,
         last_run,
+        registered_at,
+        updated_at,
+        wake_requested,
         target,
     })
 }

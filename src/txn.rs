@@ -67,7 +67,13 @@ extern "C-unwind" {
 
 /// Runs `f` with a statement timeout armed, as a client backend does for each statement (a
 /// background worker's SPI calls get none otherwise). Expiry cancels `f` with SQLSTATE 57014.
+/// In a client's session (reaper_purge) the caller's own statement_timeout already bounds
+/// the call, and is left as it is.
 pub fn with_statement_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() -> R) -> R {
+    // SAFETY: a process-local flag set once at start-up.
+    if !unsafe { pg_sys::IsBackgroundWorker } {
+        return f();
+    }
     let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_int;
     // SAFETY: the statement timeout is registered by InitPostgres for every connected backend.
     unsafe { enable_timeout_after(STATEMENT_TIMEOUT, ms) };

@@ -10,9 +10,9 @@
 use crate::cursor::Cursor;
 use crate::errors::ReaperError;
 use crate::history::{self, Run, Status};
-use crate::process::{reload_settings_if_asked, sleep, sleep_unless};
-use crate::reap::{self, Locked, Progress};
-use crate::security::as_role;
+use crate::process::{pause, reload_settings_if_asked, sleep, sleep_unless};
+use crate::reap::{self, Batch, Locked, Progress};
+use crate::security::{as_role, with_settings};
 use crate::settings;
 use crate::shmem::{Slot, WorkerState, SHARED};
 use crate::sql::{installed_version, pinned, LIBRARY_VERSION};
@@ -159,8 +159,9 @@ enum Look {
 /// The running total of one target's run within a wake.
 struct Running {
     target: Registered,
-    started_at: f64,
-    started: Instant,
+    /// When its first batch began: the run's clock (`reaper.max_runtime`) starts there, not
+    /// when it was queued behind other targets.
+    started: Option<(f64, Instant)>,
     progress: Progress,
     /// Where the target's next batch starts; None before the first.
     cursor: Option<Cursor>,
@@ -172,12 +173,18 @@ impl Running {
     fn new(target: Registered) -> Self {
         Running {
             target,
-            started_at: history::unix_now(),
-            started: Instant::now(),
+            started: None,
             progress: Progress::default(),
             cursor: None,
             locked: Locked::Wait,
         }
+    }
+
+    /// When the run started (Unix seconds) and its clock, starting both now if it has not.
+    fn start(&mut self) -> (f64, Instant) {
+        *self
+            .started
+            .get_or_insert_with(|| (history::unix_now(), Instant::now()))
     }
 }
 
@@ -187,8 +194,20 @@ enum TurnEnd {
     MoreWork,
     OutOfTime,
     Skipped,
+    /// The target's rule, as it stands now, says to stop: disabled, unregistered, or
+    /// `reaper.enabled = off`.
+    Stopped,
     Failed(PgSqlErrorCode, String),
     /// DROP EXTENSION committed: the round ends without another delete or record.
+    ExtensionDropped,
+}
+
+/// What one batch's transaction found and did.
+enum Step {
+    /// The batch ran (None: another reap holds the table's lock), under this rule.
+    Ran(Option<Batch>, Box<Registered>),
+    Stop,
+    Broken(PgSqlErrorCode, String),
     ExtensionDropped,
 }
 
@@ -200,33 +219,20 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) -> ! {
+        record_interrupted_runs();
         loop {
             pgrx::check_for_interrupts!();
             reload_settings_if_asked();
-            let woken = wake_request(true);
+            wake_request(true);
             let generation = SHARED.share().generation;
-            let look = in_transaction(|| pinned(|| look(woken)));
+            let look = in_transaction(|| pinned(look));
             let pause = match look {
                 Ok(Look::NoExtension) => {
                     leave_for_lack_of_extension(generation);
                     Duration::ZERO
                 }
                 Ok(Look::OtherVersion(installed)) => {
-                    // Said once per version: ALTER EXTENSION UPDATE wakes the worker.
-                    if self.warned_version.as_ref() != Some(&installed) {
-                        let e = ReaperError::OldVersion {
-                            installed: installed.clone(),
-                        };
-                        warn(
-                            e.sqlstate(),
-                            &format!(
-                                "session_reaper: not reaping: {}; {}",
-                                e.message(),
-                                e.hint().unwrap_or_default()
-                            ),
-                        );
-                        self.warned_version = Some(installed);
-                    }
+                    self.warn_other_version(installed);
                     MAX_SLEEP
                 }
                 Ok(Look::Due(due, pause)) => {
@@ -254,6 +260,26 @@ impl Worker {
         }
     }
 
+    /// Says once per version that the SQL objects wait for ALTER EXTENSION UPDATE (which wakes
+    /// the worker).
+    fn warn_other_version(&mut self, installed: String) {
+        if self.warned_version.as_ref() == Some(&installed) {
+            return;
+        }
+        let e = ReaperError::OldVersion {
+            installed: installed.clone(),
+        };
+        warn(
+            e.sqlstate(),
+            &format!(
+                "session_reaper: not reaping: {}; {}",
+                e.message(),
+                e.hint().unwrap_or_default()
+            ),
+        );
+        self.warned_version = Some(installed);
+    }
+
     /// Gives each due target a turn of at most TURN_BATCHES batches, round-robin, until every
     /// one is done or out of its `reaper.max_runtime`: a large backlog never starves a small
     /// table.
@@ -265,10 +291,7 @@ impl Worker {
         while let Some(mut running) = queue.pop_front() {
             let end = match &running.target.target {
                 Err(e) => TurnEnd::Failed(e.sqlstate(), e.message()),
-                Ok(t) => {
-                    let t = t.clone();
-                    self.turn(&t, &mut running)
-                }
+                Ok(_) => self.turn(&mut running),
             };
             match end {
                 TurnEnd::MoreWork => queue.push_back(running),
@@ -286,59 +309,57 @@ impl Worker {
     }
 
     /// Runs up to TURN_BATCHES batches of one target, pausing `reaper.batch_delay` (and for
-    /// `reaper.max_rows_per_second`) after each.
-    fn turn(&mut self, t: &Target, running: &mut Running) -> TurnEnd {
+    /// `reaper.max_rows_per_second`) after each. Each batch reads the target's rule afresh, so
+    /// a change, a disable, an unregister or `reaper.enabled = off` takes effect at the next
+    /// batch.
+    fn turn(&mut self, running: &mut Running) -> TurnEnd {
         for _ in 0..TURN_BATCHES {
-            if running.started.elapsed() >= settings::max_runtime() {
+            let (started_at, started) = running.start();
+            if started.elapsed() >= settings::max_runtime() {
                 return TurnEnd::OutOfTime;
             }
-            wait_for_replicas(running.started);
-            set_state(WorkerState::Reaping, t.relid);
-            let limit = t.batch_size();
+            wait_for_replicas(started);
+            reload_settings_if_asked();
+            set_state(WorkerState::Reaping, running.target.relid);
             let batch_started = Instant::now();
-            let cursor = running.cursor.clone();
-            let locked = running.locked;
-            let batch = in_transaction(|| {
-                pinned(|| {
-                    // A run goes on for many batches after its look at the registry: each batch
-                    // checks that the extension is still there, so a DROP EXTENSION stops the
-                    // deletes at once rather than after the whole backlog.
-                    if !extension_installed() {
-                        return None;
-                    }
-                    Some(with_statement_timeout(
-                        settings::statement_timeout(),
-                        || {
-                            reap::try_lock(t).then(|| {
-                                reap::delete_batch(t, limit, cursor.as_ref(), false, locked)
-                            })
-                        },
-                    ))
-                })
-            });
-            let batch = match batch {
-                Ok(Some(Some(batch))) => batch,
-                Ok(Some(None)) => return TurnEnd::Skipped,
-                Ok(None) => return TurnEnd::ExtensionDropped,
+            let step = in_transaction(|| pinned(|| batch_step(running, started_at)));
+            let (batch, now) = match step {
+                Ok(Step::Ran(Some(batch), now)) => (batch, now),
+                Ok(Step::Ran(None, _)) => return TurnEnd::Skipped,
+                Ok(Step::Stop) => return TurnEnd::Stopped,
+                Ok(Step::Broken(code, message)) => return TurnEnd::Failed(code, message),
+                Ok(Step::ExtensionDropped) => return TurnEnd::ExtensionDropped,
                 // The app held a row of this batch longer than reaper.lock_timeout: the batch
                 // gave up; try it again leaving locked rows for a later run, and keep doing so
                 // for the rest of this run, so one held row cannot stall the whole table.
-                Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, _)) if locked == Locked::Wait => {
+                Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, _))
+                    if running.locked == Locked::Wait =>
+                {
                     running.locked = Locked::Skip;
                     continue;
                 }
                 Err((code, message)) => return TurnEnd::Failed(code, message),
             };
+            if now.updated_at != running.target.updated_at {
+                running.cursor = None;
+            }
+            running.target = *now;
             let batch_ended = Instant::now();
             running.progress.add(&batch, batch_ended - batch_started);
-            // At DEBUG1 (log_min_messages), each committed batch and its prune: where an app's
-            // slow transactions fall against the worker's steps (bench/batch_phases.py).
+            let t = running
+                .target
+                .target
+                .as_ref()
+                .expect("checked by batch_step");
             debug1!(
                 "session_reaper: {}: batch of {} rows committed in {:.1} ms",
                 t.name,
                 batch.deleted,
                 (batch_ended - batch_started).as_secs_f64() * 1e3
             );
+            if let Some(stuck) = running.progress.stuck(t) {
+                return TurnEnd::Failed(stuck.sqlstate(), stuck.message());
+            }
             // Pruning is gentleness for the app, done in the pause between batches: flat out
             // (batch_delay = 0 and no max_rows_per_second) the pages are left to their next
             // reader, as one big DELETE leaves them.
@@ -377,10 +398,65 @@ impl Worker {
     }
 }
 
+/// One batch of `running`'s target, in the current transaction, under the target's rule as it
+/// stands now (a changed rule starts its walk of the table afresh). The batch's progress is
+/// noted in the same transaction, so a run cut short is recorded with exactly what committed.
+fn batch_step(running: &Running, started_at: f64) -> Step {
+    // A run goes on for many batches after its look at the registry: each batch checks that
+    // the extension is still there, so a DROP EXTENSION stops the deletes at once.
+    if !extension_installed() {
+        return Step::ExtensionDropped;
+    }
+    let Some(now) = target::load(Some(running.target.relid))
+        .into_iter()
+        .find(|r| r.id == running.target.id)
+    else {
+        return Step::Stop;
+    };
+    if !now.enabled || !settings::enabled() {
+        return Step::Stop;
+    }
+    let t = match &now.target {
+        Ok(t) => t,
+        Err(e) => return Step::Broken(e.sqlstate(), e.message()),
+    };
+    let cursor = running
+        .cursor
+        .as_ref()
+        .filter(|_| now.updated_at == running.target.updated_at);
+    let batch = with_statement_timeout(settings::statement_timeout(), || {
+        reap::try_lock(t)
+            .then(|| reap::delete_batch(t, t.batch_size(), cursor, false, running.locked))
+    });
+    if let Some(batch) = &batch {
+        let mut progress = running.progress;
+        progress.add(batch, Duration::ZERO);
+        history::note_progress(now.id, started_at, &progress);
+    }
+    Step::Ran(batch, Box::new(now))
+}
+
+/// Records, as `interrupted`, the runs a previous worker of this database was stopped in the
+/// middle of (a shutdown, a crash), before this one runs anything.
+fn record_interrupted_runs() {
+    let recorded = in_transaction(|| {
+        pinned(|| {
+            (installed_version().as_deref() == Some(LIBRARY_VERSION))
+                .then(history::record_interrupted)
+        })
+    });
+    if let Err((code, message)) = recorded {
+        warn(
+            code,
+            &format!("session_reaper: recording interrupted runs: {message}"),
+        );
+    }
+}
+
 /// Adds to the round the targets that are due now and not already in it.
 fn join_newly_due(queue: &mut VecDeque<Running>) {
-    let woken = wake_request(true);
-    if let Ok(Look::Due(due, _)) = in_transaction(|| pinned(|| look(woken))) {
+    wake_request(true);
+    if let Ok(Look::Due(due, _)) = in_transaction(|| pinned(look)) {
         for target in due {
             if !queue.iter().any(|running| running.target.id == target.id) {
                 queue.push_back(Running::new(target));
@@ -389,8 +465,9 @@ fn join_newly_due(queue: &mut VecDeque<Running>) {
     }
 }
 
-/// Reads the registry: the due targets and how long until the next one is due.
-fn look(woken: bool) -> Look {
+/// Reads the registry: the targets due now, by their schedules and wake requests, and how
+/// long until the next one is due.
+fn look() -> Look {
     match installed_version() {
         None => return Look::NoExtension,
         Some(version) if version != LIBRARY_VERSION => return Look::OtherVersion(version),
@@ -403,7 +480,7 @@ fn look(woken: bool) -> Look {
     let (due, later): (Vec<_>, Vec<_>) = target::load(None)
         .into_iter()
         .filter(|r| r.enabled)
-        .partition(|r| woken || r.next_run(now) <= now);
+        .partition(|r| r.next_run(now) <= now);
     let next = later
         .iter()
         .map(|r| r.next_run(now))
@@ -417,29 +494,38 @@ fn extension_installed() -> bool {
     installed_version().is_some()
 }
 
-/// Records a finished run, logs it, and ANALYZEs the table after a large share went.
-fn finish(running: Running, end: TurnEnd) -> bool {
-    let complete = matches!(end, TurnEnd::Done);
-    let (status, error) = match end {
-        TurnEnd::Done | TurnEnd::OutOfTime | TurnEnd::MoreWork | TurnEnd::ExtensionDropped => {
+/// How a run that ended so is recorded: its status, and the error it reports.
+fn outcome(name: &str, end: TurnEnd) -> (Status, Option<String>) {
+    match end {
+        TurnEnd::Done | TurnEnd::MoreWork | TurnEnd::Stopped | TurnEnd::ExtensionDropped => {
             (Status::Ok, None)
         }
+        TurnEnd::OutOfTime => (
+            Status::Timeout,
+            Some(format!(
+                "reaper.max_runtime ({} s) ran out with dead rows left; the rest waits for the next run",
+                settings::max_runtime().as_secs()
+            )),
+        ),
         TurnEnd::Skipped => (
             Status::Skipped,
             Some("another reap of this table is running".to_string()),
         ),
         TurnEnd::Failed(code, message) => {
-            warn(
-                code,
-                &format!("session_reaper: {}: {message}", running.target.name),
-            );
+            warn(code, &format!("session_reaper: {name}: {message}"));
             (reap::failure_status(code), Some(message))
         }
-    };
+    }
+}
+
+/// Records a finished run, logs it, and ANALYZEs the table after a large share went.
+fn finish(running: Running, end: TurnEnd) -> bool {
+    let complete = matches!(end, TurnEnd::Done);
+    let (status, error) = outcome(&running.target.name, end);
     let run = Run {
         target: &running.target,
         trigger: "worker",
-        started_at: running.started_at,
+        started_at: running.started.map_or_else(history::unix_now, |(at, _)| at),
         progress: running.progress,
         status,
         error,
@@ -470,7 +556,8 @@ fn finish(running: Running, end: TurnEnd) -> bool {
     recorded.is_ok()
 }
 
-/// ANALYZEs the table, as its owner, when `rows` is at least `share` of what it held.
+/// ANALYZEs the table, as its owner, when `rows` is at least `share` of what it held. Bounded
+/// as a batch is: it gives up rather than queue behind DDL or run past the statement timeout.
 fn analyze_if_large(t: &Target, rows: i64, share: f64) {
     let before = Spi::get_one_with_args::<f32>(
         "SELECT reltuples FROM pg_class WHERE oid = $1",
@@ -481,7 +568,12 @@ fn analyze_if_large(t: &Target, rows: i64, share: f64) {
     .unwrap_or(0.0);
     if before > 0.0 && rows as f64 >= share * f64::from(before) {
         let statement = format!("ANALYZE {}", t.qualified());
-        as_role(t.owner, || Spi::run(&statement)).expect("ANALYZE");
+        with_settings(&[("lock_timeout", settings::lock_timeout())], || {
+            with_statement_timeout(settings::statement_timeout(), || {
+                as_role(t.owner, || Spi::run(&statement))
+            })
+        })
+        .expect("ANALYZE");
     }
 }
 
@@ -529,10 +621,8 @@ fn throttle(deleted: i64, batch_started: Instant, batch_ended: Instant) {
     if let Some(rate) = settings::max_rows_per_second() {
         until = until.max(batch_started + Duration::from_secs_f64(deleted as f64 / rate));
     }
-    let pause = until.saturating_duration_since(Instant::now());
-    if !pause.is_zero() {
-        sleep(pause);
-    }
+    // A wake-up (a registration, reaper_wake) does not shorten the pause.
+    pause(until.saturating_duration_since(Instant::now()));
 }
 
 /// Waits while a streaming replica lags more than `reaper.max_replica_lag`, checking each

@@ -2,25 +2,26 @@
 //! scripts) goes in while databases still hold the 0.1.0 objects, the server restarts, and
 //! `ALTER EXTENSION session_reaper UPDATE` brings each database to the new version.
 //!
-//! `pgrx-tests/upgrade/session_reaper--0.1.0.sql` is the install script 0.1.0 shipped (as
-//! `cargo pgrx schema` wrote it at that release); the test puts it next to the installed
-//! extension so that `CREATE EXTENSION ... VERSION '0.1.0'` can build the old objects.
+//! `pgrx-tests/upgrade/session_reaper--<version>.sql` are the install scripts earlier releases
+//! shipped (as `cargo pgrx schema` wrote them at that release); the tests put them next to the
+//! installed extension so that `CREATE EXTENSION ... VERSION '<version>'` can build the old
+//! objects. Each earlier release is upgraded from: a DBA may skip releases, and the update
+//! then runs every upgrade script in turn.
 
 use session_reaper_harness::{count, pg_bin, sessions_table, wait_until, Cluster};
 use std::process::Command;
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
-const PREVIOUS: &str = "0.1.0";
 
-/// Installs the previous release's install script beside the current one.
-fn install_previous_script() {
+/// Installs an earlier release's install script beside the current one.
+fn install_previous_script(previous: &str) {
     let sharedir = Command::new(format!("{}/pg_config", pg_bin()))
         .arg("--sharedir")
         .output()
         .expect("pg_config --sharedir");
     let sharedir = String::from_utf8_lossy(&sharedir.stdout).trim().to_string();
-    let script = format!("session_reaper--{PREVIOUS}.sql");
+    let script = format!("session_reaper--{previous}.sql");
     let from = format!("{}/../upgrade/{script}", env!("CARGO_MANIFEST_DIR"));
     let to = format!("{sharedir}/extension/{script}");
     std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {from} to {to}: {e}"));
@@ -66,16 +67,28 @@ fn extension_objects(db: &mut postgres::Client) -> Vec<String> {
 }
 
 #[test]
-fn alter_extension_update_from_the_previous_release_keeps_targets_and_reaps_again() {
-    install_previous_script();
-    let pg = Cluster::start("upgrade", &["reaper.interval = '1s'"]);
+fn alter_extension_update_from_0_1_0_keeps_targets_and_reaps_again() {
+    upgrade_from("0.1.0");
+}
+
+#[test]
+fn alter_extension_update_from_0_2_0_keeps_targets_and_reaps_again() {
+    upgrade_from("0.2.0");
+}
+
+fn upgrade_from(previous: &str) {
+    install_previous_script(previous);
+    let pg = Cluster::start(
+        &format!("upgrade_{}", previous.replace('.', "_")),
+        &["reaper.interval = '1s'"],
+    );
     let mut db = pg.connect("postgres");
     db.batch_execute(&format!(
-        "CREATE EXTENSION session_reaper VERSION '{PREVIOUS}'"
+        "CREATE EXTENSION session_reaper VERSION '{previous}'"
     ))
     .unwrap();
     sessions_table(&mut db, "sessions", 5_000, 1_000);
-    // The registry as 0.1.0's reaper_register left it (the 0.1.0 library is not here to call).
+    // The registry as the old reaper_register left it (the old library is not here to call).
     let id: i64 = db
         .query_one(
             "INSERT INTO reaper_target (relid, column_name, batch_size, schedule)
@@ -105,7 +118,7 @@ fn alter_extension_update_from_the_previous_release_keeps_targets_and_reaps_agai
         let error = db.query(call, &[]).unwrap_err();
         let error = error.as_db_error().expect("a database error");
         assert_eq!(error.code().code(), "55000", "{call}: {error}");
-        assert!(error.message().contains(PREVIOUS), "{call}: {error}");
+        assert!(error.message().contains(previous), "{call}: {error}");
         assert_eq!(
             error.hint(),
             Some("Update it: ALTER EXTENSION session_reaper UPDATE;"),
@@ -122,7 +135,7 @@ fn alter_extension_update_from_the_previous_release_keeps_targets_and_reaps_agai
         )
         .unwrap()
         .get(0);
-    assert_ne!(version, PREVIOUS);
+    assert_ne!(version, previous);
     // The target kept its id and its options, and the worker reaps it without being told.
     assert_eq!(
         count(
