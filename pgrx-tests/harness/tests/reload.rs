@@ -123,12 +123,12 @@ fn reloaded_batch_settings_shape_the_next_run() {
     assert!(run.seconds >= 1.6, "1000 rows at 500 rows/s: {run:?}");
     set(&pg, &mut db, "reaper.max_rows_per_second", "0");
 
-    // max_runtime ends the run early; it is recorded as 'ok' with the rows it did, and the
-    // rest goes in the next runs.
+    // max_runtime ends the run early; it is recorded as 'timeout' (issue 17 item 14) with the
+    // rows it did, and the rest goes in the next runs.
     set(&pg, &mut db, "reaper.batch_delay", "'200ms'");
     set(&pg, &mut db, "reaper.max_runtime", "'500ms'");
     let run = next_run(&mut db, 2_000);
-    assert_eq!(run.status, "ok");
+    assert_eq!(run.status, "timeout");
     assert!(
         run.rows > 0 && run.rows < 2_000 && run.seconds < 1.5,
         "max_runtime 500 ms: {run:?}"
