@@ -219,12 +219,23 @@ fn parses_as_plain_update(sql: &str) -> Result<bool, (PgSqlErrorCode, String)> {
         pg_sys::NodeTag::T_UpdateStmt,
         |update: &pg_sys::UpdateStmt| {
             update.fromClause.is_null()
-            && update.returningList.is_null()
+            && !has_returning(update)
             && update.withClause.is_null()
             // SAFETY: is_a reads only the node's tag.
             && unsafe { pgrx::is_a(update.whereClause, pg_sys::NodeTag::T_A_Const) }
         },
     )
+}
+
+/// Whether an UPDATE has a RETURNING clause (a list until 17, a clause node from 18 on).
+#[cfg(not(feature = "pg18"))]
+fn has_returning(update: &pg_sys::UpdateStmt) -> bool {
+    !update.returningList.is_null()
+}
+
+#[cfg(feature = "pg18")]
+fn has_returning(update: &pg_sys::UpdateStmt) -> bool {
+    !update.returningClause.is_null()
 }
 
 /// A table range-partitioned by exactly its expiry column, or why not.

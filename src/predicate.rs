@@ -112,12 +112,6 @@ fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, Str
 }
 
 /// Postgres' raw parser on one string; its tree lives in the current memory context.
-#[cfg(not(feature = "pg13"))]
 pub(crate) unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
     pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT)
-}
-
-#[cfg(feature = "pg13")]
-pub(crate) unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
-    pg_sys::raw_parser(sql.as_ptr())
 }

@@ -22,10 +22,28 @@ mod raw {
 pub fn handle_signals() {
     // SAFETY: installing Postgres' standard handlers before unblocking signals.
     unsafe {
-        pg_sys::pqsignal(libc::SIGHUP, Some(raw::SignalHandlerForConfigReload));
-        pg_sys::pqsignal(libc::SIGTERM, Some(raw::die));
+        install_handler(libc::SIGHUP, raw::SignalHandlerForConfigReload);
+        install_handler(libc::SIGTERM, raw::die);
         pg_sys::BackgroundWorkerUnblockSignals();
     }
+}
+
+/// Postgres' own `pqsignal` for a backend: named `pqsignal_be` from 18 on (pgrx's
+/// bgworkers.rs makes the same split).
+#[cfg(not(feature = "pg18"))]
+unsafe fn install_handler(
+    signal: std::ffi::c_int,
+    handler: unsafe extern "C-unwind" fn(std::ffi::c_int),
+) {
+    pg_sys::pqsignal(signal, Some(handler));
+}
+
+#[cfg(feature = "pg18")]
+unsafe fn install_handler(
+    signal: std::ffi::c_int,
+    handler: unsafe extern "C-unwind" fn(std::ffi::c_int),
+) {
+    pg_sys::pqsignal_be(signal, Some(handler));
 }
 
 /// Sleeps until `timeout` passes or the latch is set, then handles interrupts (a SIGTERM ends

@@ -445,12 +445,7 @@ pub(crate) mod tests {
             end: 200,
             rows_per_page: 125.0,
         };
-        // Postgres 13 has no TID range scan: a page batch there reads the table.
-        let range_scan = if cfg!(feature = "pg13") {
-            "Seq Scan"
-        } else {
-            "Tid Range Scan"
-        };
+        let range_scan = "Tid Range Scan";
         for skip_locked in [false, true] {
             let plan = plan_of(pages.statement(&target, 1000, skip_locked));
             assert!(

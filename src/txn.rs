@@ -70,8 +70,8 @@ extern "C-unwind" {
 /// In a client's session (reaper_purge) the caller's own statement_timeout already bounds
 /// the call, and is left as it is.
 pub fn with_statement_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() -> R) -> R {
-    // SAFETY: a process-local flag set once at start-up.
-    if !unsafe { pg_sys::IsBackgroundWorker } {
+    // SAFETY: a process-local value set once at start-up.
+    if unsafe { pg_sys::MyBackendType } != pg_sys::BackendType::B_BG_WORKER {
         return f();
     }
     let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_int;
