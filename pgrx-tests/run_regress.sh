@@ -14,6 +14,7 @@ out=${REGRESS_OUT:-$(mktemp -d)}
 tests=$(cd "$here/regress/sql" && ls *.sql | sed 's/\.sql$//')
 status=0
 "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+  --bindir="$("$PG_CONFIG" --bindir)" \
   --host="$PGHOST" --port="$PGPORT" --user=postgres --dbname=reaper_regress --use-existing \
   --inputdir="$here/regress" --outputdir="$out" $tests || status=$?
 if [ "$status" -ne 0 ] && [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi

