@@ -1,4 +1,5 @@
-# cluster.sh — start and stop a throwaway Postgres 15 cluster for the demo and the tests.
+# cluster.sh — start and stop a throwaway Postgres cluster (that of $PG_CONFIG, default Debian's
+# 15) for the demo and the tests.
 # Sourced, not run. The cluster has its own data directory, port and socket directory, runs as
 # the `postgres` user when we are root (initdb refuses root), and loads session_reaper.
 #
@@ -40,7 +41,7 @@ cluster_start() {
 
 # cluster_psql runs psql against the cluster, stopping at the first error.
 cluster_psql() {
-  psql -X -v ON_ERROR_STOP=1 "$@"
+  "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 "$@"
 }
 
 # cluster_wait_for CONDITION [PSQL_ARG...] waits until the SQL condition holds, polling every

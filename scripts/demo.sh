@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # demo.sh — session_reaper on a throwaway cluster: builds and installs the extension, starts a
-# Postgres 15 with it preloaded, fills a sessions table with expired, soon-to-expire and live
+# Postgres (15 by default; `PG_MAJOR=18 bash scripts/demo.sh` for another major) with it preloaded, fills a sessions table with expired, soon-to-expire and live
 # rows, and lets the background worker empty the expired ones after
 # `ALTER SYSTEM SET reaper.interval = '2s'` and a reload. Shows the dry run, reaper_stats(),
 # the run history and the worker's log lines, then stops the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-bash scripts/setup.sh
+PG_MAJOR=${PG_MAJOR:-15}
+PG_MAJORS=$PG_MAJOR bash scripts/setup.sh
+source scripts/majors.sh
+PG_CONFIG=$(pg_config_of "$PG_MAJOR")
+export PG_CONFIG
 
 sudo_flag=()
 [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
