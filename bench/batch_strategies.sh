@@ -117,7 +117,7 @@ for strategy in $STRATEGIES; do
 done
 
 echo
-echo "Batch strategies on $ROWS rows ($((ROWS / 2)) expired), PostgreSQL 15, cached:"
+echo "Batch strategies on $ROWS rows ($((ROWS / 2)) expired), $("$PG_CONFIG" --version), cached:"
 cluster_psql -P footer=off <<'SQL'
 SELECT r.strategy, r.rows, r.batches, round((r.rows / r.seconds)::numeric) AS rows_per_s,
        round(((r.rows / r.seconds) / (s.rows / s.seconds))::numeric, 2) AS rows_per_s_vs_delete,
