@@ -154,16 +154,29 @@ pub fn record(run: &Run) -> f64 {
             0 => String::new(),
             n => format!(", dropped {n} partitions"),
         };
+        // The database is named in the line itself: Debian's default log_line_prefix does not.
+        let batches = match progress.batches {
+            1 => "1 batch".to_string(),
+            n => format!("{n} batches"),
+        };
         log!(
-            "session_reaper: {}: {verb} {} rows{partitions} in {} batches in {:.0} ms (run {})",
+            "session_reaper: {}: {}: {verb} {} rows{partitions} in {batches} in {:.0} ms (run {})",
+            database_name(),
             run.target.name,
             progress.rows,
-            progress.batches,
             took_ms,
             run_id.as_deref().map_or("", |id| &id[..8])
         );
     }
     took_ms
+}
+
+/// The name of the current database.
+fn database_name() -> String {
+    Spi::get_one::<String>("SELECT pg_catalog.current_database()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Notes, in the transaction of a worker's batch, what its run has done so far: if the worker

@@ -231,13 +231,13 @@ fn reloaded_switches_change_what_the_worker_does() {
     set(&pg, &mut db, "reaper.log_runs", "off");
     assert_eq!(next_run(&mut db, 301).rows, 301);
     assert_eq!(
-        pg.log_lines("session_reaper: public.sessions: deleted 301 rows"),
+        pg.log_lines("session_reaper: postgres: public.sessions: deleted 301 rows"),
         0
     );
     set(&pg, &mut db, "reaper.log_runs", "on");
     assert_eq!(next_run(&mut db, 302).rows, 302);
     assert_eq!(
-        pg.log_lines("session_reaper: public.sessions: deleted 302 rows"),
+        pg.log_lines("session_reaper: postgres: public.sessions: deleted 302 rows"),
         1
     );
 

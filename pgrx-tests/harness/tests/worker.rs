@@ -48,7 +48,7 @@ fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
     );
     assert!(
         pg.log()
-            .contains("session_reaper: public.sessions: deleted 25000 rows"),
+            .contains("session_reaper: postgres: public.sessions: deleted 25000 rows"),
         "{}",
         pg.log()
     );
