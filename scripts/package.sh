@@ -51,6 +51,7 @@ while IFS= read -r -d '' file; do
 done < <(find "$tree" -type f -print0)
 
 install -D -m 0644 README.md "$root/usr/share/doc/$name/README.md"
+install -D -m 0644 LICENSE "$root/usr/share/doc/$name/copyright"
 # Files the exporter and Prometheus read: not under /usr/share/doc, which minimal images drop.
 install -D -m 0644 contrib/postgres_exporter.yaml "$root/usr/share/$name/postgres_exporter.yaml"
 install -D -m 0644 contrib/alerts.yml "$root/usr/share/$name/alerts.yml"
