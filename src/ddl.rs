@@ -1,0 +1,231 @@
+//! ddl.rs — keeping targets true to their tables when DDL changes them (issue 17 items 6 and 15).
+//!
+//! A target stores its table as an OID and its column, predicate and SET list as text, so
+//! Postgres records no dependency on them. Two event triggers (sql/ddl.sql) stand in for one:
+//! - `sql_drop`: a dropped table's target goes with it, a dropped archive table that a remaining
+//!   target uses is refused, and targets whose table lost a column are re-checked;
+//! - `ddl_command_end` of ALTER TABLE and ALTER TYPE: the targets of the altered tables, and those archiving
+//!   into them, are re-checked. A target that no longer checks is disabled with a WARNING, so it
+//!   neither fails on every run nor deletes by a rule that now means something else.
+//!
+//! The two functions here read the command's objects themselves, through
+//! pg_event_trigger_dropped_objects() and pg_event_trigger_ddl_commands(), which Postgres
+//! answers only inside an event trigger. Called any other way they fail, so they act on nothing
+//! but the DDL that fired them, and need neither SECURITY DEFINER nor a REVOKE.
+
+use crate::action::{self, Action};
+use crate::errors::ReaperError;
+use crate::predicate;
+use crate::security::{as_role, with_settings};
+use crate::sql::{ext_owner, ext_schema, installed_version, pinned, LIBRARY_VERSION};
+use crate::target::{self, Registered};
+use pgrx::prelude::*;
+
+/// The tables of pg_class among the objects a DROP removed: `(oid, identity, column number)`,
+/// the column number 0 for a whole table.
+const DROPPED: &str =
+    "SELECT objid, object_identity, objsubid FROM pg_catalog.pg_event_trigger_dropped_objects()
+                        WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass";
+
+/// reaper_forget_dropped runs in the sql_drop event trigger: it refuses to drop an archive
+/// table that a remaining target uses, unregisters the targets of dropped tables (a stored OID
+/// would otherwise outlive its table, and pg_dump would write it as a number that a restore may
+/// give to another relation), and re-checks targets whose table lost a column.
+#[pg_extern(sql = false)]
+fn reaper_forget_dropped() {
+    pinned(|| {
+        let Some(schema) = current_schema() else {
+            return;
+        };
+        refuse_archive_drops(&schema);
+        forget_dropped_tables(&schema);
+        let altered = oids(&format!(
+            "SELECT DISTINCT objid FROM ({DROPPED}) d WHERE objsubid > 0"
+        ));
+        recheck(&schema, &altered);
+    })
+}
+
+/// reaper_recheck_altered runs in the ddl_command_end event trigger of ALTER TABLE and ALTER
+/// TYPE (whose CASCADE renames and retypes the columns of typed tables): a renamed, dropped or
+/// retyped column, a new schema or a new owner can leave a target's rule unable to run; such
+/// targets are disabled.
+#[pg_extern(sql = false)]
+fn reaper_recheck_altered() {
+    pinned(|| {
+        let Some(schema) = current_schema() else {
+            return;
+        };
+        let altered = oids(
+            "WITH d AS (SELECT classid, objid FROM pg_catalog.pg_event_trigger_ddl_commands())
+             SELECT objid FROM d WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+              UNION
+             SELECT c.oid FROM d
+               JOIN pg_catalog.pg_type ty
+                 ON (d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND ty.oid = d.objid)
+                 OR (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND ty.typrelid = d.objid)
+               JOIN pg_catalog.pg_class c ON c.reloftype = ty.oid",
+        );
+        recheck(&schema, &altered);
+    })
+}
+
+/// The extension's schema, or None (with a WARNING) while its SQL objects are of another
+/// version than the library: their tables may not hold what this code reads, and DDL elsewhere
+/// in the database must not fail for that.
+fn current_schema() -> Option<String> {
+    match installed_version() {
+        Some(v) if v == LIBRARY_VERSION => Some(ext_schema()),
+        installed => {
+            pgrx::warning!(
+                "session_reaper: targets not checked after this DDL: the extension is at version {}, the library at {LIBRARY_VERSION}",
+                installed.unwrap_or_default()
+            );
+            None
+        }
+    }
+}
+
+/// The OIDs a query returns, read as the extension's owner.
+fn oids(query: &str) -> Vec<pg_sys::Oid> {
+    as_role(ext_owner(), || {
+        Spi::connect(|client| {
+            client
+                .select(query, None, &[])?
+                .map(|row| row.get::<pg_sys::Oid>(1).map(|oid| oid.expect("objid")))
+                .collect::<Result<Vec<_>, _>>()
+        })
+    })
+    .expect("reading the event trigger's objects")
+}
+
+/// Raises an ERROR when the command drops a table a target archives into, unless the target's
+/// own table goes in the same command: the target would then move its rows nowhere.
+fn refuse_archive_drops(schema: &str) {
+    let query = format!(
+        "WITH d AS ({DROPPED})
+         SELECT t.relid::pg_catalog.text, d.object_identity
+           FROM {schema}.reaper_target t JOIN d ON d.objid = t.archive_table AND d.objsubid = 0
+          WHERE NOT EXISTS (SELECT 1 FROM d mine WHERE mine.objid = t.relid AND mine.objsubid = 0)
+          ORDER BY t.id LIMIT 1"
+    );
+    let in_use: Option<(Option<String>, Option<String>)> = as_role(ext_owner(), || {
+        Spi::connect(|client| -> pgrx::spi::Result<_> {
+            client
+                .select(&query, Some(1), &[])?
+                .map(|row| Ok((row.get::<String>(1)?, row.get::<String>(2)?)))
+                .next()
+                .transpose()
+        })
+    })
+    .expect("reading reaper_target");
+    if let Some((Some(table), Some(archive))) = in_use {
+        ReaperError::ArchiveInUse { table, archive }.raise();
+    }
+}
+
+/// Deletes the targets of the dropped tables, with a NOTICE naming each table.
+fn forget_dropped_tables(schema: &str) {
+    let query = format!(
+        "WITH d AS ({DROPPED})
+         DELETE FROM {schema}.reaper_target t USING d
+          WHERE d.objid = t.relid AND d.objsubid = 0
+         RETURNING t.id, d.object_identity"
+    );
+    let forgotten = as_role(ext_owner(), || {
+        Spi::connect_mut(|client| {
+            client
+                .update(&query, None, &[])?
+                .map(|row| Ok((row.get::<i64>(1)?, row.get::<String>(2)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+    })
+    .expect("writing reaper_target");
+    for (id, table) in &forgotten {
+        pgrx::notice!(
+            "session_reaper: table \"{}\" was dropped: its target (id {}) is unregistered",
+            table.as_deref().unwrap_or("?"),
+            id.unwrap_or_default()
+        );
+    }
+    if !forgotten.is_empty() {
+        crate::hooks::wake_worker_at_commit();
+    }
+}
+
+/// Re-checks the enabled targets of `tables`, and those archiving into them, disabling each
+/// that no longer checks. The checks run as the table's owner; whatever settings the owner's
+/// code changes while they run are undone when they end, for the session as well.
+fn recheck(schema: &str, tables: &[pg_sys::Oid]) {
+    if tables.is_empty() {
+        return;
+    }
+    let query = format!(
+        "SELECT t.relid::pg_catalog.oid, t.column_name::pg_catalog.text FROM {schema}.reaper_target t
+          WHERE t.enabled AND (t.relid = ANY ($1) OR t.archive_table = ANY ($1))
+          ORDER BY t.id"
+    );
+    let stored: Vec<(pg_sys::Oid, String)> = as_role(ext_owner(), || {
+        Spi::connect(|client| {
+            client
+                .select(&query, None, &[tables.to_vec().into()])?
+                .map(|row| Ok((row.get(1)?.expect("relid"), row.get(2)?.expect("column"))))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+    })
+    .expect("reading reaper_target");
+    for (relid, column) in stored {
+        for registered in target::load(Some(relid)) {
+            if let Err(reason) = sealed_settings(|| still_valid(&registered)) {
+                disable(schema, &registered, column.clone(), reason);
+            }
+        }
+    }
+}
+
+/// The checks reaper_register makes, on the target as it is stored now: the table and column
+/// (with its type) and the archive table, read by target::load; the predicate and the SET list,
+/// planned as the table's owner under the target's search_path.
+fn still_valid(registered: &Registered) -> Result<(), ReaperError> {
+    let t = registered.target.as_ref().map_err(Clone::clone)?;
+    with_settings(&[("search_path", t.search_path())], || {
+        if let Some(p) = &t.predicate {
+            predicate::validate(&t.name, &t.qualified(), t.owner, p)?;
+        }
+        if let Action::Update { set } = &t.action {
+            action::check_update_set(&t.name, &t.qualified(), t.owner, set)?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` in a GUC nest level that is rolled back when it ends, as Postgres' ANALYZE does for
+/// index expressions: a `set_config(…, false)` in the owner's code would otherwise outlive the
+/// check and stay in the session of whoever ran the DDL.
+pub(crate) fn sealed_settings<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level is opened and closed around `f` in this backend; on an ERROR the
+    // transaction's abort closes it.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    let result = f();
+    unsafe { pg_sys::AtEOXact_GUC(false, level) };
+    result
+}
+
+/// Switches a target off, as the extension's owner, with a WARNING naming it and the reason.
+fn disable(schema: &str, registered: &Registered, column: String, reason: ReaperError) {
+    let query = format!(
+        "UPDATE {schema}.reaper_target SET enabled = false, updated_at = now() WHERE id = $1"
+    );
+    as_role(ext_owner(), || {
+        Spi::run_with_args(&query, &[registered.id.into()])
+    })
+    .expect("writing reaper_target");
+    ReaperError::DisabledByDdl {
+        id: registered.id,
+        table: registered.name.clone(),
+        column,
+        reason: Box::new(reason),
+    }
+    .warn();
+    crate::hooks::wake_worker_at_commit();
+}
