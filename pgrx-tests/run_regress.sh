@@ -15,6 +15,7 @@ tests=$(cd "$here/regress/sql" && ls *.sql | sed 's/\.sql$//')
 status=0
 "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
   --host="$PGHOST" --port="$PGPORT" --user=postgres --dbname=reaper_regress --use-existing \
+  --bindir="$("$PG_CONFIG" --bindir)" \
   --inputdir="$here/regress" --outputdir="$out" $tests || status=$?
 if [ "$status" -ne 0 ] && [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi
 exit "$status"

@@ -44,6 +44,8 @@ COMMENT ON FUNCTION reaper_on_alter_table() IS 'session_reaper: the ddl_command_
 -- triggers with the rest, and they do not fire for it.
 CREATE EVENT TRIGGER reaper_forget_dropped_tables ON sql_drop
     EXECUTE FUNCTION reaper_on_sql_drop();
+COMMENT ON EVENT TRIGGER reaper_forget_dropped_tables
+    IS 'session_reaper: a dropped table''s target goes with it; an archive table in use cannot be dropped alone';
 
 -- The commands that rename, drop or retype a table's column: ALTER TABLE, and ALTER TYPE … CASCADE
 -- for the columns of typed tables (CREATE TABLE … OF type). ALTER TABLE also moves a table to
@@ -52,3 +54,5 @@ CREATE EVENT TRIGGER reaper_forget_dropped_tables ON sql_drop
 CREATE EVENT TRIGGER reaper_recheck_altered_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE')
     EXECUTE FUNCTION reaper_on_alter_table();
+COMMENT ON EVENT TRIGGER reaper_recheck_altered_tables
+    IS 'session_reaper: a target that an ALTER leaves unable to run is disabled, with a WARNING';

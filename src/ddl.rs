@@ -130,23 +130,19 @@ fn forget_dropped_tables(schema: &str) {
         "WITH d AS ({DROPPED})
          DELETE FROM {schema}.reaper_target t USING d
           WHERE d.objid = t.relid AND d.objsubid = 0
-         RETURNING t.id, d.object_identity"
+         RETURNING d.object_identity"
     );
     let forgotten = as_role(ext_owner(), || {
         Spi::connect_mut(|client| {
             client
                 .update(&query, None, &[])?
-                .map(|row| Ok((row.get::<i64>(1)?, row.get::<String>(2)?)))
+                .map(|row| row.get::<String>(1))
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
     })
     .expect("writing reaper_target");
-    for (id, table) in &forgotten {
-        pgrx::notice!(
-            "session_reaper: table \"{}\" was dropped: its target (id {}) is unregistered",
-            table.as_deref().unwrap_or("?"),
-            id.unwrap_or_default()
-        );
+    for table in forgotten.iter().flatten() {
+        pgrx::notice!("session_reaper: table \"{table}\" was dropped: its target is unregistered");
     }
     if !forgotten.is_empty() {
         crate::hooks::wake_worker_at_commit();
@@ -221,7 +217,6 @@ fn disable(schema: &str, registered: &Registered, column: String, reason: Reaper
     })
     .expect("writing reaper_target");
     ReaperError::DisabledByDdl {
-        id: registered.id,
         table: registered.name.clone(),
         column,
         reason: Box::new(reason),

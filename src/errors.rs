@@ -134,7 +134,6 @@ pub enum ReaperError {
     /// DDL on a target's table left its rule unable to run: the target was disabled
     /// (issue 17 item 15). `reason` is the check that failed.
     DisabledByDdl {
-        id: i64,
         table: String,
         column: String,
         reason: Box<ReaperError>,
@@ -261,8 +260,8 @@ impl ReaperError {
             Self::ArchiveInUse { table, archive } => format!(
                 "cannot drop table \"{archive}\": session_reaper's target \"{table}\" archives its dead rows into it"
             ),
-            Self::DisabledByDdl { id, table, reason, .. } => format!(
-                "session_reaper disabled the target of table \"{table}\" (id {id}): {}",
+            Self::DisabledByDdl { table, reason, .. } => format!(
+                "session_reaper disabled the target of table \"{table}\": {}",
                 reason.message()
             ),
         }
