@@ -116,10 +116,11 @@ fn a_dropped_table_leaves_no_target_for_the_worker_or_a_dump() {
     );
 }
 
-/// A client whose server notices are collected: (severity, SQLSTATE, message, hint).
-fn client_with_notices(
-    pg: &session_reaper_harness::Cluster,
-) -> (Client, Arc<Mutex<Vec<(String, String, String, String)>>>) {
+/// A server notice as a client gets it: (severity, SQLSTATE, message, hint).
+type Notice = (String, String, String, String);
+
+/// A client whose server notices are collected.
+fn client_with_notices(pg: &session_reaper_harness::Cluster) -> (Client, Arc<Mutex<Vec<Notice>>>) {
     let notices = Arc::new(Mutex::new(Vec::new()));
     let sink = notices.clone();
     let client = Config::new()
