@@ -16,10 +16,13 @@
 use crate::action::{self, Action};
 use crate::errors::ReaperError;
 use crate::predicate;
-use crate::security::{as_role, with_settings};
+use crate::security::{as_role, may_manage, with_settings};
 use crate::sql::{ext_owner, ext_schema, installed_version, pinned, LIBRARY_VERSION};
 use crate::target::{self, Registered};
+use crate::txn::in_subtransaction;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::panic::AssertUnwindSafe;
 
 /// The tables of pg_class among the objects a DROP removed: `(oid, identity, column number)`,
 /// the column number 0 for a whole table.
@@ -37,7 +40,7 @@ fn reaper_forget_dropped() {
         let Some(schema) = current_schema() else {
             return;
         };
-        refuse_archive_drops(&schema);
+        guard_archive_drops(&schema);
         forget_dropped_tables(&schema);
         let altered = oids(&format!(
             "SELECT DISTINCT objid FROM ({DROPPED}) d WHERE objsubid > 0"
@@ -99,28 +102,47 @@ fn oids(query: &str) -> Vec<pg_sys::Oid> {
     .expect("reading the event trigger's objects")
 }
 
-/// Raises an ERROR when the command drops a table a target archives into, unless the target's
-/// own table goes in the same command: the target would then move its rows nowhere.
-fn refuse_archive_drops(schema: &str) {
+/// A DROP of a table that a remaining target archives into (its own table stays). A role that
+/// may manage the target gets an ERROR: it can unregister the target or give it another archive
+/// first. A role that may not (the archive is its table, lent with a GRANT INSERT) is not held
+/// back by another role's target: the target goes, as Postgres' DROP … CASCADE takes a foreign
+/// key along, with a WARNING.
+fn guard_archive_drops(schema: &str) {
     let query = format!(
         "WITH d AS ({DROPPED})
-         SELECT t.relid::pg_catalog.text, d.object_identity
-           FROM {schema}.reaper_target t JOIN d ON d.objid = t.archive_table AND d.objsubid = 0
-          WHERE NOT EXISTS (SELECT 1 FROM d mine WHERE mine.objid = t.relid AND mine.objsubid = 0)
-          ORDER BY t.id LIMIT 1"
+         SELECT t.id, t.relid::pg_catalog.text, d.object_identity, c.relowner
+           FROM {schema}.reaper_target t
+           JOIN d ON d.objid = t.archive_table AND d.objsubid = 0
+           JOIN pg_catalog.pg_class c ON c.oid = t.relid
+          ORDER BY t.id"
     );
-    let in_use: Option<(Option<String>, Option<String>)> = as_role(ext_owner(), || {
+    let users: Vec<(i64, String, String, pg_sys::Oid)> = as_role(ext_owner(), || {
         Spi::connect(|client| -> pgrx::spi::Result<_> {
             client
-                .select(&query, Some(1), &[])?
-                .map(|row| Ok((row.get::<String>(1)?, row.get::<String>(2)?)))
-                .next()
-                .transpose()
+                .select(&query, None, &[])?
+                .map(|row| {
+                    Ok((
+                        row.get(1)?.expect("id"),
+                        row.get(2)?.expect("relid"),
+                        row.get(3)?.unwrap_or_default(),
+                        row.get(4)?.expect("relowner"),
+                    ))
+                })
+                .collect()
         })
     })
     .expect("reading reaper_target");
-    if let Some((Some(table), Some(archive))) = in_use {
-        ReaperError::ArchiveInUse { table, archive }.raise();
+    for (id, table, archive, owner) in users {
+        if may_manage(owner) {
+            ReaperError::ArchiveInUse { table, archive }.raise();
+        }
+        let delete = format!("DELETE FROM {schema}.reaper_target WHERE id = $1");
+        as_role(ext_owner(), || Spi::run_with_args(&delete, &[id.into()]))
+            .expect("writing reaper_target");
+        pgrx::warning!(
+            "session_reaper: the target of table \"{table}\" is unregistered: its archive table \"{archive}\" was dropped"
+        );
+        crate::hooks::wake_worker_at_commit();
     }
 }
 
@@ -172,9 +194,42 @@ fn recheck(schema: &str, tables: &[pg_sys::Oid]) {
     .expect("reading reaper_target");
     for (relid, column) in stored {
         for registered in target::load(Some(relid)) {
-            if let Err(reason) = sealed_settings(|| still_valid(&registered)) {
-                disable(schema, &registered, column.clone(), reason);
+            match recheck_one(&registered) {
+                Ok(()) => {}
+                // Privileges are not what DDL on the table changes, and a restore by pg_dump
+                // runs its ALTER TABLEs before it grants them: a missing one stays an error of
+                // the target's runs, reported there.
+                Err(reason)
+                    if reason.sqlstate() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE => {}
+                Err(reason) => disable(schema, &registered, column.clone(), reason),
             }
+        }
+    }
+}
+
+/// Runs the checks in a subtransaction that a failed check rolls back, so whatever the failed
+/// planning left behind (locks, relcache references, settings) is released before the DDL's
+/// transaction goes on; and inside a GUC nest level that is undone even when they pass.
+fn recheck_one(registered: &Registered) -> Result<(), ReaperError> {
+    let mut failed = None;
+    let outcome = in_subtransaction(AssertUnwindSafe(|| {
+        sealed_settings(|| {
+            if let Err(reason) = still_valid(registered) {
+                failed = Some(reason.clone());
+                reason.raise();
+            }
+        })
+    }));
+    match (outcome, failed) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(reason)) => Err(reason),
+        // Not a check that failed but the checking itself: say so, and leave the target as it is.
+        (Err((_, message)), None) => {
+            pgrx::warning!(
+                "session_reaper: the target of table \"{}\" could not be re-checked: {message}",
+                registered.name
+            );
+            Ok(())
         }
     }
 }

@@ -111,6 +111,41 @@ mod tests {
         assert_eq!(registry(), "");
     }
 
+    /// issue 17 item 6: a role that lent its table as another role's archive is not held back
+    /// by that role's target: its DROP goes through and takes the target along.
+    #[pg_test]
+    fn a_lent_archive_table_can_be_dropped_by_its_owner() {
+        sessions_table();
+        run("CREATE ROLE reaper_test_lender");
+        run("CREATE ROLE reaper_test_borrower");
+        run("CREATE TABLE lent_archive (LIKE sessions)");
+        run("ALTER TABLE lent_archive OWNER TO reaper_test_lender");
+        run("ALTER TABLE sessions OWNER TO reaper_test_borrower");
+        run("GRANT INSERT ON lent_archive TO reaper_test_borrower");
+        run("SELECT reaper_register('sessions', action => 'archive', archive_table => 'lent_archive')");
+        run("SET LOCAL ROLE reaper_test_lender");
+        run("DROP TABLE lent_archive");
+        run("RESET ROLE");
+        assert_eq!(registry(), "");
+    }
+
+    /// issue 17 item 15: a privilege the owner lacks is not what DDL changes (and a restore
+    /// grants privileges after its ALTER TABLEs): the target stays enabled, its runs report it.
+    #[pg_test]
+    fn a_missing_privilege_does_not_disable_the_target() {
+        run("CREATE ROLE reaper_test_priv_owner");
+        run("CREATE SCHEMA lookup");
+        run("CREATE TABLE lookup.devices (id bigint)");
+        run("GRANT USAGE ON SCHEMA lookup TO reaper_test_priv_owner");
+        run("CREATE TABLE owned_sessions (device_id bigint, expires_at timestamptz NOT NULL)");
+        run("ALTER TABLE owned_sessions OWNER TO reaper_test_priv_owner");
+        run("SELECT reaper_register('owned_sessions',
+                 predicate => 'NOT EXISTS (SELECT 1 FROM lookup.devices d WHERE d.id = device_id)')");
+        run("REVOKE USAGE ON SCHEMA lookup FROM reaper_test_priv_owner");
+        run("ALTER TABLE owned_sessions ADD COLUMN note text");
+        assert!(enabled("owned_sessions"));
+    }
+
     /// issue 17 item 15: renaming the expiry column, a column the predicate uses, or one the SET
     /// list uses, disables the target; a change that leaves the rule valid does not.
     #[pg_test]
