@@ -2,11 +2,13 @@
 //!
 //! A target stores its table as an OID and its column, predicate and SET list as text, so
 //! Postgres records no dependency on them. Two event triggers (sql/ddl.sql) stand in for one:
-//! - `sql_drop`: a dropped table's target goes with it, a dropped archive table that a remaining
-//!   target uses is refused, and targets whose table lost a column are re-checked;
-//! - `ddl_command_end` of ALTER TABLE and ALTER TYPE: the targets of the altered tables, and those archiving
-//!   into them, are re-checked. A target that no longer checks is disabled with a WARNING, so it
-//!   neither fails on every run nor deletes by a rule that now means something else.
+//! - `sql_drop`: a dropped table's target goes with it; dropping an archive table that a
+//!   remaining target uses is refused (unless the dropper may not manage that target); targets
+//!   whose table lost a column are re-checked;
+//! - `ddl_command_end` of ALTER TABLE and ALTER TYPE: the targets of the altered tables, and
+//!   those archiving into them, are re-checked. A target that no longer checks is disabled with
+//!   a WARNING, so it neither fails on every run nor deletes by a rule that now means something
+//!   else.
 //!
 //! The two functions here read the command's objects themselves, through
 //! pg_event_trigger_dropped_objects() and pg_event_trigger_ddl_commands(), which Postgres
@@ -26,9 +28,9 @@ use std::panic::AssertUnwindSafe;
 
 /// The tables of pg_class among the objects a DROP removed: `(oid, identity, column number)`,
 /// the column number 0 for a whole table.
-const DROPPED: &str =
-    "SELECT objid, object_identity, objsubid FROM pg_catalog.pg_event_trigger_dropped_objects()
-                        WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass";
+const DROPPED: &str = "SELECT objid, object_identity, objsubid
+                          FROM pg_catalog.pg_event_trigger_dropped_objects()
+                         WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass";
 
 /// reaper_forget_dropped runs in the sql_drop event trigger: it refuses to drop an archive
 /// table that a remaining target uses, unregisters the targets of dropped tables (a stored OID
