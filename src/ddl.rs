@@ -19,7 +19,9 @@ use crate::action::{self, Action};
 use crate::errors::ReaperError;
 use crate::predicate;
 use crate::security::{as_role, may_manage, with_settings};
-use crate::sql::{ext_owner, ext_schema, installed_version, pinned, LIBRARY_VERSION};
+use crate::sql::{
+    ext_owner, ext_schema, installed_version, pinned, quote_literal, LIBRARY_VERSION,
+};
 use crate::target::{self, Registered};
 use crate::txn::in_subtransaction;
 use pgrx::prelude::*;
@@ -181,20 +183,28 @@ fn recheck(schema: &str, tables: &[pg_sys::Oid]) {
         return;
     }
     let query = format!(
-        "SELECT t.relid::pg_catalog.oid, t.column_name::pg_catalog.text FROM {schema}.reaper_target t
+        "SELECT t.relid::pg_catalog.oid, t.column_name::pg_catalog.text, t.predicate
+           FROM {schema}.reaper_target t
           WHERE t.enabled AND (t.relid = ANY ($1) OR t.archive_table = ANY ($1))
           ORDER BY t.id"
     );
-    let stored: Vec<(pg_sys::Oid, String)> = as_role(ext_owner(), || {
+    type Stored = (pg_sys::Oid, String, Option<String>);
+    let stored: Vec<Stored> = as_role(ext_owner(), || {
         Spi::connect(|client| {
             client
                 .select(&query, None, &[tables.to_vec().into()])?
-                .map(|row| Ok((row.get(1)?.expect("relid"), row.get(2)?.expect("column"))))
+                .map(|row| {
+                    Ok((
+                        row.get(1)?.expect("relid"),
+                        row.get(2)?.expect("column"),
+                        row.get(3)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
     })
     .expect("reading reaper_target");
-    for (relid, column) in stored {
+    for (relid, column, predicate) in stored {
         for registered in target::load(Some(relid)) {
             match recheck_one(&registered) {
                 Ok(()) => {}
@@ -203,7 +213,10 @@ fn recheck(schema: &str, tables: &[pg_sys::Oid]) {
                 // the target's runs, reported there.
                 Err(reason)
                     if reason.sqlstate() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE => {}
-                Err(reason) => disable(schema, &registered, column.clone(), reason),
+                Err(reason) => {
+                    let rule = rule_of(&registered.name, &column, predicate.as_deref());
+                    disable(schema, &registered, rule, reason)
+                }
             }
         }
     }
@@ -264,8 +277,20 @@ pub(crate) fn sealed_settings<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// The registration call of a target's column and predicate, for a hint to edit.
+fn rule_of(table: &str, column: &str, predicate: Option<&str>) -> String {
+    let predicate = predicate
+        .map(|p| format!(", predicate => {}", quote_literal(p)))
+        .unwrap_or_default();
+    format!(
+        "SELECT reaper_register({}, {}{predicate}, ...);",
+        quote_literal(table),
+        quote_literal(column)
+    )
+}
+
 /// Switches a target off, as the extension's owner, with a WARNING naming it and the reason.
-fn disable(schema: &str, registered: &Registered, column: String, reason: ReaperError) {
+fn disable(schema: &str, registered: &Registered, rule: String, reason: ReaperError) {
     let query = format!(
         "UPDATE {schema}.reaper_target SET enabled = false, updated_at = now() WHERE id = $1"
     );
@@ -275,7 +300,7 @@ fn disable(schema: &str, registered: &Registered, column: String, reason: Reaper
     .expect("writing reaper_target");
     ReaperError::DisabledByDdl {
         table: registered.name.clone(),
-        column,
+        rule,
         reason: Box::new(reason),
     }
     .warn();

@@ -132,10 +132,11 @@ pub enum ReaperError {
         archive: String,
     },
     /// DDL on a target's table left its rule unable to run: the target was disabled
-    /// (issue 17 item 15). `reason` is the check that failed.
+    /// (issue 17 item 15). `reason` is the check that failed; `rule` the registration call
+    /// that made the target, to edit with the new names.
     DisabledByDdl {
         table: String,
-        column: String,
+        rule: String,
         reason: Box<ReaperError>,
     },
 }
@@ -343,8 +344,8 @@ impl ReaperError {
             Self::ArchiveInUse { table, .. } => format!(
                 "Unregister the target first (SELECT reaper_unregister('{table}');), or register it again with another archive table (SELECT reaper_register('{table}', action => 'archive', archive_table => '...');), or drop \"{table}\" in the same command."
             ),
-            Self::DisabledByDdl { table, column, .. } => format!(
-                "Register the table again with its new column names in the column and predicate arguments, which enables the target again: SELECT reaper_register('{table}', '{column}', ...);"
+            Self::DisabledByDdl { rule, .. } => format!(
+                "Register the table again with the new column names, which enables the target again; its rule was: {rule}"
             ),
         };
         Some(hint)
