@@ -214,7 +214,16 @@ fn recheck(schema: &str, tables: &[pg_sys::Oid]) {
                 Err(reason)
                     if reason.sqlstate() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE => {}
                 Err(reason) => {
-                    let rule = rule_of(&registered.name, &column, predicate.as_deref());
+                    // The predicate is shown only to whom reaper_targets would show it: the
+                    // DDL may be another role's, on an archive table it lent.
+                    let owner = registered.owner.unwrap_or(pg_sys::InvalidOid);
+                    let rule = match may_manage(owner) {
+                        true => rule_of(&registered.name, &column, predicate.as_deref()),
+                        false => format!(
+                            "SELECT reaper_register({}, ...);",
+                            quote_literal(&registered.name)
+                        ),
+                    };
                     disable(schema, &registered, rule, reason)
                 }
             }

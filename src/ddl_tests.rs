@@ -124,6 +124,11 @@ mod tests {
         run("GRANT INSERT ON lent_archive TO reaper_test_borrower");
         run("SELECT reaper_register('sessions', action => 'archive', archive_table => 'lent_archive')");
         run("SET LOCAL ROLE reaper_test_lender");
+        // Its ALTER re-checks the borrower's target (as the borrower) and disables it.
+        run("ALTER TABLE lent_archive DROP COLUMN pinned");
+        run("RESET ROLE");
+        assert!(!enabled("sessions"));
+        run("SET LOCAL ROLE reaper_test_lender");
         run("DROP TABLE lent_archive");
         run("RESET ROLE");
         assert_eq!(registry(), "");
