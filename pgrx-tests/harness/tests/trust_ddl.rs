@@ -213,3 +213,29 @@ fn a_rename_disables_the_target_with_a_warning_and_the_worker_leaves_it() {
         pg.log()
     );
 }
+
+/// issue 17 item 6: the event triggers go with the extension: DROP SCHEMA … CASCADE of its
+/// schema and DROP EXTENSION work with targets registered, and leave no event trigger behind.
+#[test]
+fn the_event_triggers_go_with_the_extension() {
+    let pg = session_reaper_harness::Cluster::start("trust_ddl_ext", &[]);
+    let mut db = pg.connect("postgres");
+    sessions_table(&mut db, "sessions", 0, 1);
+    db.batch_execute(
+        "CREATE SCHEMA reaper;
+         CREATE EXTENSION session_reaper SCHEMA reaper;
+         SELECT reaper.reaper_register('sessions');",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM pg_event_trigger"), 2);
+    db.batch_execute("DROP SCHEMA reaper CASCADE").unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM pg_event_trigger"), 0);
+    db.batch_execute(
+        "CREATE EXTENSION session_reaper;
+         SELECT reaper_register('sessions');
+         DROP EXTENSION session_reaper;
+         DROP TABLE sessions;",
+    )
+    .unwrap();
+    assert_eq!(count(&mut db, "SELECT count(*) FROM pg_event_trigger"), 0);
+}
