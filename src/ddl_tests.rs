@@ -134,8 +134,10 @@ mod tests {
         assert_eq!(registry(), "");
     }
 
-    /// issue 17 item 15: a privilege the owner lacks is not what DDL changes (and a restore
-    /// grants privileges after its ALTER TABLEs): the target stays enabled, its runs report it.
+    /// issue 17 item 15, a guard of the fix rather than of the defect (it passes on 30394c6,
+    /// which re-checks nothing): a privilege the owner lacks is not what DDL changes, and a
+    /// restore grants privileges after its ALTER TABLEs, so the target stays enabled and its
+    /// runs report it.
     #[pg_test]
     fn a_missing_privilege_does_not_disable_the_target() {
         run("CREATE ROLE reaper_test_priv_owner");
