@@ -16,6 +16,7 @@ status=0
 "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
   --bindir="$("$PG_CONFIG" --bindir)" \
   --host="$PGHOST" --port="$PGPORT" --user=postgres --dbname=reaper_regress --use-existing \
+  --bindir="$("$PG_CONFIG" --bindir)" \
   --inputdir="$here/regress" --outputdir="$out" $tests || status=$?
 if [ "$status" -ne 0 ] && [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi
 exit "$status"

@@ -22,13 +22,14 @@ AS 'MODULE_PATHNAME', 'reaper_register_v2_wrapper';
 COMMENT ON FUNCTION reaper_register(regclass, name, text, interval, interval, text, integer, text, text, boolean, regclass, text)
     IS 'session_reaper: reap this table''s expired rows (registering again replaces the rule); returns the target id';
 
+-- Not STRICT: a NULL argument is an ERROR that names it (SQLSTATE 22004), not a silent no-op.
 CREATE FUNCTION reaper_unregister(target regclass) RETURNS void
-LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_unregister_wrapper';
 COMMENT ON FUNCTION reaper_unregister(regclass) IS 'session_reaper: stop reaping this table and forget its rule';
 
 CREATE FUNCTION reaper_enable(target regclass, enabled boolean DEFAULT true) RETURNS void
-LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE
+LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'reaper_enable_wrapper';
 COMMENT ON FUNCTION reaper_enable(regclass, boolean) IS 'session_reaper: switch a target on or off, keeping its rule';
 

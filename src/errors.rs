@@ -125,6 +125,24 @@ pub enum ReaperError {
     OldVersion {
         installed: String,
     },
+    /// A NULL where the function has no meaning for one (issue 17 item 13).
+    NullArgument {
+        function: &'static str,
+        argument: &'static str,
+    },
+    /// A DROP of a table that a remaining target archives its rows into (issue 17 item 6).
+    ArchiveInUse {
+        table: String,
+        archive: String,
+    },
+    /// DDL on a target's table left its rule unable to run: the target was disabled
+    /// (issue 17 item 15). `reason` is the check that failed; `rule` the registration call
+    /// that made the target, to edit with the new names.
+    DisabledByDdl {
+        table: String,
+        rule: String,
+        reason: Box<ReaperError>,
+    },
 }
 
 impl ReaperError {
@@ -149,6 +167,9 @@ impl ReaperError {
             Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            Self::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            Self::ArchiveInUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            Self::DisabledByDdl { reason, .. } => reason.sqlstate(),
             Self::BadBatchSize { .. }
             | Self::NegativeInterval { .. }
             | Self::BadSchedule { .. }
@@ -242,6 +263,16 @@ impl ReaperError {
                 "extension \"session_reaper\" is at version {installed} in this database, but the loaded library is version {}",
                 crate::sql::LIBRARY_VERSION
             ),
+            Self::NullArgument { function, argument } => {
+                format!("{argument} must not be NULL in {function}")
+            }
+            Self::ArchiveInUse { table, archive } => format!(
+                "cannot drop table \"{archive}\": session_reaper's target \"{table}\" archives its dead rows into it"
+            ),
+            Self::DisabledByDdl { table, reason, .. } => format!(
+                "session_reaper disabled the target of table \"{table}\": {}",
+                reason.message()
+            ),
         }
     }
 
@@ -320,18 +351,46 @@ impl ReaperError {
             Self::OldVersion { .. } => {
                 "Update it: ALTER EXTENSION session_reaper UPDATE;".into()
             }
+            Self::NullArgument { argument, .. } => null_hint(argument).into(),
+            Self::ArchiveInUse { table, .. } => format!(
+                "Unregister the target first (SELECT reaper_unregister('{table}');), or register it again with another archive table (SELECT reaper_register('{table}', action => 'archive', archive_table => '...');), or drop \"{table}\" in the same command."
+            ),
+            Self::DisabledByDdl { rule, .. } => format!(
+                "Register the table again with the new column names, which enables the target again; its rule was: {rule}"
+            ),
         };
         Some(hint)
     }
 
-    /// Raises this error as a Postgres ERROR; nothing after this runs.
-    pub fn raise(&self) -> ! {
+    fn report(&self) -> ErrorReport {
         let mut report = ErrorReport::new(self.sqlstate(), self.message(), "session_reaper");
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
         }
-        report.report(PgLogLevel::ERROR);
+        report
+    }
+
+    /// Raises this error as a Postgres ERROR; nothing after this runs.
+    pub fn raise(&self) -> ! {
+        self.report().report(PgLogLevel::ERROR);
         unreachable!("an ERROR report does not return")
+    }
+
+    /// Reports this error as a WARNING, with its SQLSTATE and hint; the caller goes on.
+    pub fn warn(&self) {
+        self.report().report(PgLogLevel::WARNING);
+    }
+}
+
+/// What to pass instead of NULL, for each argument that may not be NULL.
+fn null_hint(argument: &str) -> &'static str {
+    match argument {
+        "target" => "Name the table, such as 'public.sessions'.",
+        "column" => "Name the expiry column, or leave the argument out for expires_at.",
+        "action" => {
+            "Use one of delete, archive, drop_partitions, update, or leave the argument out for delete."
+        }
+        _ => "Pass true or false, or leave the argument out for true.",
     }
 }
 

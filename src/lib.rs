@@ -10,6 +10,7 @@ mod api;
 mod backlog;
 mod compat;
 mod cursor;
+mod ddl;
 mod errors;
 mod history;
 mod hooks;
@@ -37,10 +38,18 @@ mod action_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod trust_tests;
 
+#[cfg(any(test, feature = "pg_test"))]
+mod ddl_tests;
+
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/api.sql", name = "api", finalize);
+// The event triggers that keep targets true to their tables. They need only bootstrap's
+// reaper_target, which every non-bootstrap file follows; pgrx cannot order a file after the
+// `finalize` one (finalize requires every other), so this runs before api.sql, which has no
+// ALTER TABLE or DROP for them to fire on.
+pgrx::extension_sql_file!("../sql/ddl.sql", name = "ddl");
 
 /// Registers the settings, shared memory, hooks and the launcher. session_reaper must be in
 /// shared_preload_libraries: its workers and shared memory exist only then.

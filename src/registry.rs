@@ -275,7 +275,7 @@ fn upsert(table: &Table, opts: &Options, timezone: Option<String>) -> i64 {
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
 fn reaper_register_v2(
-    target: pg_sys::Oid,
+    target: Option<pg_sys::Oid>,
     column: Option<&CStr>,
     timezone: Option<&str>,
     grace: Option<Interval>,
@@ -288,11 +288,13 @@ fn reaper_register_v2(
     archive_table: Option<pg_sys::Oid>,
     update_set: Option<&str>,
 ) -> i64 {
+    const F: &str = "reaper_register";
+    let target = given(target, F, "target");
+    let column = given(column, F, "column").to_string_lossy();
+    let action = given(action, F, "action");
+    let enabled = given(enabled, F, "enabled");
     pinned(|| {
         let table = Table::find(target);
-        let column = column
-            .map(|c| c.to_string_lossy())
-            .unwrap_or("expires_at".into());
         let opts = Options {
             column: &column,
             timezone,
@@ -301,8 +303,8 @@ fn reaper_register_v2(
             predicate,
             batch_size,
             schedule,
-            action: action.unwrap_or("delete"),
-            enabled: enabled.unwrap_or(true),
+            action,
+            enabled,
             archive_table,
             update_set,
         };
@@ -310,6 +312,13 @@ fn reaper_register_v2(
         crate::hooks::wake_worker_at_commit();
         upsert(&table, &opts, timezone)
     })
+}
+
+/// The value of an argument that has no meaning as NULL, or the error that names it: a NULL
+/// target, column, action or switch is a mistake, never a request for the default (issue 17
+/// item 13).
+fn given<T>(value: Option<T>, function: &'static str, argument: &'static str) -> T {
+    value.unwrap_or_else(|| ReaperError::NullArgument { function, argument }.raise())
 }
 
 /// The registered target of a table the caller may manage, or the error that says why not.
@@ -333,7 +342,8 @@ pub fn managed_target(relid: pg_sys::Oid, action: &'static str) -> target::Regis
 
 /// reaper_unregister removes a table's target; its run history stays until it ages out.
 #[pg_extern(sql = false)]
-fn reaper_unregister(target: pg_sys::Oid) {
+fn reaper_unregister(target: Option<pg_sys::Oid>) {
+    let target = given(target, "reaper_unregister", "target");
     pinned(|| {
         let registered = managed_target(target, "unregister");
         crate::hooks::wake_worker_at_commit();
@@ -347,7 +357,9 @@ fn reaper_unregister(target: pg_sys::Oid) {
 
 /// reaper_enable switches a target on or off without forgetting its rule.
 #[pg_extern(sql = false)]
-fn reaper_enable(target: pg_sys::Oid, enabled: bool) {
+fn reaper_enable(target: Option<pg_sys::Oid>, enabled: Option<bool>) {
+    let target = given(target, "reaper_enable", "target");
+    let enabled = given(enabled, "reaper_enable", "enabled");
     pinned(|| {
         let registered = managed_target(target, "enable or disable");
         crate::hooks::wake_worker_at_commit();

@@ -222,6 +222,8 @@ fn a_dropped_or_retyped_expiry_column_is_an_error_of_that_target_only() {
          SELECT reaper_register('dropped'); SELECT reaper_register('retyped'); SELECT reaper_register('healthy');
          ALTER TABLE dropped DROP COLUMN expires_at;
          ALTER TABLE retyped ALTER COLUMN expires_at TYPE text;
+         -- The DDL disabled both targets (issue 17 item 15): switched back on, they fail.
+         SELECT reaper_enable('dropped', true); SELECT reaper_enable('retyped', true);
          COMMIT;",
     )
     .unwrap();

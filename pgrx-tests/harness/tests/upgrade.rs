@@ -28,7 +28,7 @@ fn install_previous_script(previous: &str) {
 }
 
 /// Every object of the extension in the connected database, described in a way that does not
-/// depend on OIDs: columns, constraints, views, functions, and their comments.
+/// depend on OIDs: columns, constraints, views, functions, event triggers, and their comments.
 fn extension_objects(db: &mut postgres::Client) -> Vec<String> {
     db.query(
         "WITH ext AS (
@@ -57,6 +57,10 @@ fn extension_objects(db: &mut postgres::Client) -> Vec<String> {
          UNION ALL
          SELECT format('acl %s %s', c.relname, c.relacl)
            FROM ext JOIN pg_class c ON ext.classid = 'pg_class'::regclass AND c.oid = ext.objid
+         UNION ALL
+         SELECT format('event trigger %s on %s %s tags=%s enabled=%s comment=%s', e.evtname, e.evtevent,
+                       e.evtfoid::regproc, e.evttags, e.evtenabled, obj_description(e.oid, 'pg_event_trigger'))
+           FROM ext JOIN pg_event_trigger e ON ext.classid = 'pg_event_trigger'::regclass AND e.oid = ext.objid
          ORDER BY 1",
         &[],
     )
