@@ -76,7 +76,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
             let pending = PENDING.swap(0, Ordering::Relaxed);
             let database = pg_sys::MyDatabaseId.to_u32();
             if pending & RESCAN != 0 {
-                shmem::request_rescan();
+                shmem::request_rescan(database);
             }
             if pending & WAKE_WORKER != 0 {
                 shmem::wake_worker(database);

@@ -9,7 +9,9 @@
 //! started again after a back-off (shmem.rs). New databases are picked up by a periodic rescan.
 
 use crate::settings;
-use crate::shmem::{Shared, Slot, WorkerState, DROPPING_HOLD_SECS, MAX_WORKERS, SHARED};
+use crate::shmem::{
+    Shared, Slot, WorkerState, CREATE_RING, DROPPING_HOLD_SECS, MAX_WORKERS, SHARED,
+};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -81,6 +83,12 @@ struct Launcher {
     /// here rather than in a slot, so any number of them leave every slot to the databases
     /// that have the extension.
     no_extension: HashMap<u32, u64>,
+    /// The generation of the last CREATE EXTENSION commit in each database, as far as read.
+    created: HashMap<u32, u64>,
+    /// Markers older than this are stale: commits were missed (see CREATE_RING).
+    stale_below: u64,
+    /// The generation up to which `created` has been read.
+    read_up_to: u64,
 }
 
 /// What reserving a slot for a database found.
@@ -162,8 +170,33 @@ impl Launcher {
         self.starting
             .retain(|(_, at)| at.elapsed() <= START_TIMEOUT);
         self.no_extension.retain(|db, _| present.contains(db));
+        self.created.retain(|db, _| present.contains(db));
         self.warned.retain(|db| present.contains(db));
         self.no_slot.retain(|db| present.contains(db));
+    }
+
+    /// Reads which databases committed CREATE EXTENSION since the last call.
+    fn read_creations(&mut self, shared: &Shared) {
+        let now = shared.generation;
+        if now - self.read_up_to > CREATE_RING as u64 {
+            self.stale_below = now;
+        } else {
+            for generation in self.read_up_to + 1..=now {
+                let (database, at) = shared.created[generation as usize % CREATE_RING];
+                if at == generation {
+                    self.created.insert(database, generation);
+                }
+            }
+        }
+        self.read_up_to = now;
+    }
+
+    /// Whether `database` is known to lack the extension: its worker found none, and no CREATE
+    /// EXTENSION committed there since (or may have: then its worker looked too early).
+    fn lacks_extension(&self, database: u32) -> bool {
+        self.no_extension.get(&database).is_some_and(|&seen| {
+            seen >= self.stale_below && seen >= self.created.get(&database).copied().unwrap_or(0)
+        })
     }
 
     /// Moves the NoExtension markers of workers that have left into `no_extension`, freeing
@@ -180,15 +213,12 @@ impl Launcher {
     /// Takes a slot for `database` when it needs a worker and has none.
     fn reserve_slot(&mut self, database: u32) -> Reserve {
         let mut shared = SHARED.exclusive();
+        self.read_creations(&shared);
         self.collect_no_extension(&mut shared);
-        if let Some(&seen) = self.no_extension.get(&database) {
-            // Only a worker that may have looked before a CREATE EXTENSION committed is started
-            // again.
-            if seen >= shared.generation {
-                return Reserve::NotNeeded;
-            }
-            self.no_extension.remove(&database);
+        if self.lacks_extension(database) {
+            return Reserve::NotNeeded;
         }
+        self.no_extension.remove(&database);
         if let Some(slot) = shared.slot_of_mut(database) {
             if slot.state != WorkerState::Backoff {
                 return Reserve::NotNeeded;

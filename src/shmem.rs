@@ -113,11 +113,18 @@ pub struct Shared {
     /// Set when a database may have gained the extension: the launcher looks again.
     pub rescan: bool,
     /// Counts commits of CREATE EXTENSION session_reaper. A worker that found no extension
-    /// records the count it saw before looking; a higher count means it may have looked too
-    /// early, and the launcher starts it again.
+    /// records the count it saw before looking; a later commit in its database means it may
+    /// have looked too early, and the launcher starts it again.
     pub generation: u64,
+    /// Where the last CREATE_RING commits of CREATE EXTENSION were: `(database, generation)`
+    /// at `generation % CREATE_RING`, so the launcher restarts only those databases' workers.
+    pub created: [(u32, u64); CREATE_RING],
     pub slots: [Slot; MAX_WORKERS],
 }
+
+/// How many CREATE EXTENSION commits shared memory remembers the database of. A launcher that
+/// missed more (it was asleep or restarting) treats every database as possibly changed.
+pub const CREATE_RING: usize = 64;
 
 impl Default for Shared {
     fn default() -> Self {
@@ -125,6 +132,7 @@ impl Default for Shared {
             launcher_pid: 0,
             rescan: true,
             generation: 0,
+            created: [(0, 0); CREATE_RING],
             slots: [Slot::default(); MAX_WORKERS],
         }
     }
@@ -194,10 +202,15 @@ pub fn wake_worker(database: u32) -> bool {
     pid != 0
 }
 
-/// Asks the launcher to look for databases with the extension again (after a commit of
-/// CREATE EXTENSION session_reaper): workers that found none may have looked too early.
-pub fn request_rescan() {
-    SHARED.exclusive().generation += 1;
+/// Asks the launcher to look for databases with the extension again after a commit of
+/// CREATE EXTENSION session_reaper in `database`: its worker may have looked too early.
+pub fn request_rescan(database: u32) {
+    {
+        let mut shared = SHARED.exclusive();
+        shared.generation += 1;
+        let generation = shared.generation;
+        shared.created[generation as usize % CREATE_RING] = (database, generation);
+    }
     ask_launcher_to_look();
 }
 
@@ -256,7 +269,8 @@ pub fn claim_slot(database: u32) -> bool {
 /// The worker's exit callback (`before_shmem_exit`, argument: the database): gives its slot
 /// back. A worker that left for lack of the extension, or because its database is being
 /// dropped, leaves its marker; one that exited with an error (`code` != 0: an ERROR, a FATAL,
-/// a SIGTERM) leaves a Backoff marker; either way but the markers, the launcher is told.
+/// a SIGTERM) leaves a Backoff marker. The launcher is told, but of a drop (hooks.rs tells it
+/// when the drop ends).
 #[pg_guard]
 pub unsafe extern "C-unwind" fn release_slot(code: i32, arg: pg_sys::Datum) {
     let database = arg.value() as u32;
@@ -267,10 +281,12 @@ pub unsafe extern "C-unwind" fn release_slot(code: i32, arg: pg_sys::Datum) {
             return;
         };
         match slot.state {
-            WorkerState::NoExtension | WorkerState::Dropping => {
+            WorkerState::Dropping => {
                 slot.pid = 0;
                 return;
             }
+            // The launcher takes the marker and frees the slot for a database waiting for one.
+            WorkerState::NoExtension => slot.pid = 0,
             _ if code == 0 => *slot = Default::default(),
             _ => slot.back_off(crate::history::unix_now()),
         }
