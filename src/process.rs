@@ -73,7 +73,8 @@ pub fn check_for_interrupts() {
 /// Waits on this process's latch for at most `timeout` (or until the postmaster dies, which
 /// ends the process), and resets it.
 fn wait_latch(timeout: Duration) {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
+    // Rounded up: a pause's last fraction of a millisecond is slept, not spun through.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as std::ffi::c_long;
     // SAFETY: waiting on this process's own latch.
     unsafe {
         pg_sys::WaitLatch(
