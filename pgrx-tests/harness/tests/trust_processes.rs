@@ -22,7 +22,8 @@ fn cluster_with_app(name: &str, conf: &[&str]) -> (Cluster, Client) {
     let mut admin = pg.connect("postgres");
     admin.batch_execute("CREATE DATABASE app").unwrap();
     let mut app = pg.connect("app");
-    app.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    app.batch_execute("CREATE EXTENSION session_reaper")
+        .unwrap();
     sessions_table(&mut app, "sessions", 100, 10);
     app.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
@@ -73,9 +74,8 @@ fn issue17_item2_a_refused_drop_database_stops_no_worker() {
     let (code, message) = error_of(tx.batch_execute("DROP DATABASE app"));
     assert_eq!(code, "25001", "{message}");
     tx.rollback().unwrap();
-    let (code, message) = error_of(
-        admin.batch_execute("DO $$ BEGIN EXECUTE 'DROP DATABASE app'; END $$"),
-    );
+    let (code, message) =
+        error_of(admin.batch_execute("DO $$ BEGIN EXECUTE 'DROP DATABASE app'; END $$"));
     assert_eq!(code, "25001", "{message}");
     let (code, message) = error_of(pg.connect("app").batch_execute("DROP DATABASE app"));
     assert_eq!(code, "55006", "{message}");
@@ -109,7 +109,11 @@ fn issue17_item2_a_drop_that_fails_later_gives_the_worker_back_at_once() {
         "a worker ran again {:?} after the failed drop",
         failed_at.elapsed()
     );
-    assert_ne!(worker_now(&mut admin, "app"), pid, "the first one was stopped");
+    assert_ne!(
+        worker_now(&mut admin, "app"),
+        pid,
+        "the first one was stopped"
+    );
     still_reaps(&pg, "the new worker reaps");
     drop(other);
     admin
@@ -142,14 +146,18 @@ fn issue17_item8_databases_without_the_extension_hold_no_worker_slot() {
     admin.batch_execute("CREATE DATABASE app").unwrap();
     let mut app = pg.connect("app");
     // Its commit makes the launcher look at all 142 databases.
-    app.batch_execute("CREATE EXTENSION session_reaper").unwrap();
+    app.batch_execute("CREATE EXTENSION session_reaper")
+        .unwrap();
     sessions_table(&mut app, "sessions", 100, 10);
     app.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
     wait_until("app, the 142nd database, is reaped", SOON, || {
         expired(&mut app, "sessions") == 0
     });
-    println!("app was reaped {:?} after it was created", started.elapsed());
+    println!(
+        "app was reaped {:?} after it was created",
+        started.elapsed()
+    );
     let workers =
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'";
     wait_until("only app keeps a worker", SOON, || {
@@ -184,7 +192,9 @@ fn issue17_item8_a_database_left_without_a_slot_is_named_once_and_served_later()
     );
     let workers =
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'session_reaper worker'";
-    wait_until("128 workers run", SOON, || count(&mut admin, workers) == 128);
+    wait_until("128 workers run", SOON, || {
+        count(&mut admin, workers) == 128
+    });
     wait_until("the database left over is named", SOON, || {
         pg.log_lines("gets no worker") == 1
     });
@@ -236,7 +246,11 @@ fn issue17_item10_a_cancel_of_an_idle_worker_cancels_nothing() {
     for round in 0..3 {
         cancel(&mut admin, pid);
         still_reaps(&pg, &format!("the worker reaps after cancel {round}"));
-        assert_eq!(worker_now(&mut admin, "app"), pid, "cancel {round} ended it");
+        assert_eq!(
+            worker_now(&mut admin, "app"),
+            pid,
+            "cancel {round} ended it"
+        );
     }
     assert_eq!(
         pg.log_lines(&format!("[{pid}] 57014 ERROR")),
@@ -256,7 +270,8 @@ fn issue17_item10_a_cancel_between_batches_cancels_nothing() {
     db.execute("SELECT reaper_register('sessions', batch_size => 10)", &[])
         .unwrap();
     let pid = pg.worker_pid("postgres");
-    let pausing = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'Extension'";
+    let pausing =
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'Extension'";
     for round in 0..2 {
         let before = expired(&mut db, "sessions");
         wait_until("the worker pauses after a batch", SOON, || {
@@ -279,7 +294,10 @@ fn issue17_item10_a_cancel_between_batches_cancels_nothing() {
     });
     assert_eq!(worker_now(&mut admin, "postgres"), pid);
     assert_eq!(
-        count(&mut db, "SELECT count(*) FROM sessions WHERE token = 'live'"),
+        count(
+            &mut db,
+            "SELECT count(*) FROM sessions WHERE token = 'live'"
+        ),
         10
     );
 }
@@ -337,9 +355,11 @@ fn issue17_item10_a_worker_that_keeps_failing_is_restarted_with_a_back_off() {
     admin
         .query_one("SELECT pg_terminate_backend($1)", &[&first])
         .unwrap();
-    wait_until("the worker failed four times", Duration::from_secs(60), || {
-        log_times(&pg, "FATAL:  boom on purpose").len() >= 4
-    });
+    wait_until(
+        "the worker failed four times",
+        Duration::from_secs(60),
+        || log_times(&pg, "FATAL:  boom on purpose").len() >= 4,
+    );
     let times = log_times(&pg, "FATAL:  boom on purpose");
     let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     println!("seconds between failures: {gaps:?}");
@@ -364,7 +384,9 @@ fn issue17_item10_a_worker_that_keeps_failing_is_restarted_with_a_back_off() {
         .batch_execute("DELETE FROM fail_switch")
         .unwrap();
     let mut app = pg.connect("app");
-    wait_until("the restarted worker reaps", Duration::from_secs(60), || {
-        expired(&mut app, "sessions") == 0
-    });
+    wait_until(
+        "the restarted worker reaps",
+        Duration::from_secs(60),
+        || expired(&mut app, "sessions") == 0,
+    );
 }
