@@ -117,3 +117,32 @@ pub fn reload_settings_if_asked() {
 pub fn take_reloaded() -> bool {
     RELOADED.swap(false, Ordering::Relaxed)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// Issue 17 item 3: a set latch (a wake-up request) does not shorten a throttle pause,
+    /// where `sleep` returns at once.
+    #[pg_test]
+    fn issue17_item3_pause_sleeps_its_whole_duration_though_the_latch_is_set() {
+        let set_latch = || unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
+        set_latch();
+        let started = Instant::now();
+        super::sleep(Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "sleep ends on the latch"
+        );
+        set_latch();
+        let started = Instant::now();
+        super::pause(Duration::from_millis(300));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "pause ended after {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -88,7 +88,7 @@ impl Slot {
         let failures = if now - self.started_at >= RAN_FINE.as_secs_f64() {
             1
         } else {
-            self.failures + 1
+            self.failures.saturating_add(1)
         };
         *self = Slot {
             database: self.database,
