@@ -376,6 +376,14 @@ fn issue17_item10_a_worker_that_keeps_failing_is_restarted_with_a_back_off() {
         "the launcher says why it waited: {}",
         pg.log()
     );
+    // The back-off is in the worker's slot, which reaper_stats() shows (now 16 s long).
+    let mut app = pg.connect("app");
+    let backing_off = "SELECT count(*) FROM reaper_stats() \
+         WHERE worker_state = 'restarting after an error' AND worker_pid IS NULL";
+    wait_until("reaper_stats() shows the back-off", SOON, || {
+        count(&mut app, backing_off) > 0
+    });
+    drop(app);
     // The fault goes: the next restart stays up and reaps.
     admin
         .batch_execute("ALTER DATABASE app RESET exit_on_error")
