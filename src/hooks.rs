@@ -4,7 +4,11 @@
 //! - DROP EXTENSION, and reaper_register/unregister/enable/wake: the database's worker wakes
 //!   up (and leaves, when the extension is gone);
 //! - DROP DATABASE: the database's worker is stopped first, so the drop does not fail with
-//!   "database is being accessed by other users".
+//!   "database is being accessed by other users" — but only when the drop will happen: the
+//!   checks Postgres makes before it looks for other sessions (transaction block, owner,
+//!   template, current database) are made first, so a refused drop touches no worker. A drop
+//!   that fails later (other sessions connected) takes its mark back when it aborts, and the
+//!   worker is started again at once.
 //!
 //! Requests are kept in backend-local flags and acted on by a transaction callback at commit
 //! (a worker woken before the commit would see the old state); an abort drops them.
@@ -12,7 +16,7 @@
 use crate::shmem::{self, Slot, WorkerState, SHARED};
 use pgrx::prelude::*;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 const WAKE_WORKER: u8 = 1;
@@ -20,6 +24,10 @@ const RESCAN: u8 = 2;
 
 /// What this backend will tell the reaper when its transaction commits.
 static PENDING: AtomicU8 = AtomicU8::new(0);
+
+/// The database this backend's DROP DATABASE marked as Dropping (0: none), until the
+/// transaction ends.
+static DROPPING: AtomicU32 = AtomicU32::new(0);
 
 /// How long DROP DATABASE waits for the database's worker to leave.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -68,13 +76,24 @@ unsafe extern "C-unwind" fn at_transaction_end(
             let pending = PENDING.swap(0, Ordering::Relaxed);
             let database = pg_sys::MyDatabaseId.to_u32();
             if pending & RESCAN != 0 {
-                shmem::request_rescan();
+                shmem::request_rescan(database);
             }
             if pending & WAKE_WORKER != 0 {
                 shmem::wake_worker(database);
             }
+            // The database is gone: the launcher frees its slot.
+            if DROPPING.swap(0, Ordering::Relaxed) != 0 {
+                shmem::ask_launcher_to_look();
+            }
         }
-        pg_sys::XactEvent::XACT_EVENT_ABORT => PENDING.store(0, Ordering::Relaxed),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => {
+            PENDING.store(0, Ordering::Relaxed);
+            // The drop failed (other sessions, a cancel): the database keeps its worker.
+            let dropping = DROPPING.swap(0, Ordering::Relaxed);
+            if dropping != 0 {
+                shmem::cancel_dropping(dropping);
+            }
+        }
         _ => {}
     }
 }
@@ -93,7 +112,8 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     let stmt = (*pstmt).utilityStmt;
     if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
-        stop_worker_of((*(stmt as *mut pg_sys::DropdbStmt)).dbname);
+        let top_level = context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL;
+        stop_worker_before_drop((*(stmt as *mut pg_sys::DropdbStmt)).dbname, top_level);
     } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt) {
         let name = CStr::from_ptr((*(stmt as *mut pg_sys::CreateExtensionStmt)).extname);
         if name.to_bytes() == b"session_reaper" {
@@ -123,12 +143,15 @@ unsafe extern "C-unwind" fn process_utility(
     })
 }
 
-/// Stops the worker of the database about to be dropped and waits (briefly) until it is gone.
-unsafe fn stop_worker_of(dbname: *const std::ffi::c_char) {
-    let database = pg_sys::get_database_oid(dbname, true);
-    if database == pg_sys::InvalidOid {
+/// Stops the worker of the database this DROP DATABASE drops, and waits (briefly) until it is
+/// gone; nothing when Postgres is going to refuse the drop.
+unsafe fn stop_worker_before_drop(dbname: *const std::ffi::c_char, top_level: bool) {
+    // Postgres' own first check, made here first: it raises the same ERROR Postgres would.
+    pg_sys::PreventInTransactionBlock(top_level, c"DROP DATABASE".as_ptr());
+    let Some(database) = droppable_by_me(dbname) else {
         return;
-    }
+    };
+    DROPPING.store(database.to_u32(), Ordering::Relaxed);
     let pid = mark_dropping(database.to_u32());
     if pid == 0 {
         return;
@@ -144,6 +167,27 @@ unsafe fn stop_worker_of(dbname: *const std::ffi::c_char) {
         pg_sys::pg_usleep(10_000);
         pgrx::check_for_interrupts!();
     }
+}
+
+/// The database `dbname` if it exists and the current user may drop it, as Postgres' dropdb()
+/// decides: the user has the privileges of its owner (a superuser has), it is not a template
+/// and not the current database. None when Postgres will refuse the drop.
+unsafe fn droppable_by_me(dbname: *const std::ffi::c_char) -> Option<pg_sys::Oid> {
+    let database = pg_sys::get_database_oid(dbname, true);
+    if database == pg_sys::InvalidOid || database == pg_sys::MyDatabaseId {
+        return None;
+    }
+    let tuple = pg_sys::SearchSysCache1(
+        pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+        pg_sys::Datum::from(database),
+    );
+    if tuple.is_null() {
+        return None;
+    }
+    let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+    let (owner, template) = ((*form).datdba, (*form).datistemplate);
+    pg_sys::ReleaseSysCache(tuple);
+    (!template && pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner)).then_some(database)
 }
 
 /// Marks the database as being dropped, so the launcher starts no worker there meanwhile;

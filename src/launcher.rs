@@ -3,15 +3,18 @@
 //!
 //! It connects to no database, so it blocks no DROP DATABASE and needs no database name;
 //! it reads the shared catalog pg_database directly. A database worker that finds no extension
-//! leaves a marker in its slot and exits; the launcher does not start it again until a backend
-//! commits CREATE EXTENSION session_reaper there (hooks.rs asks for a rescan). New databases
-//! are picked up by a periodic rescan.
+//! leaves a marker in its slot and exits; the launcher moves the marker into its own memory,
+//! freeing the slot, and does not start that worker again until a backend commits CREATE
+//! EXTENSION session_reaper (hooks.rs asks for a rescan). A worker that exits with an error is
+//! started again after a back-off (shmem.rs). New databases are picked up by a periodic rescan.
 
 use crate::settings;
-use crate::shmem::{Slot, WorkerState, DROPPING_HOLD_SECS, SHARED};
+use crate::shmem::{
+    Shared, Slot, WorkerState, CREATE_RING, DROPPING_HOLD_SECS, MAX_WORKERS, SHARED,
+};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,11 @@ use std::time::{Duration, Instant};
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
 /// A worker slot still "starting" after this is given up and started again.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest sleep between two looks at the rescan request.
+const MAX_SLEEP: Duration = Duration::from_secs(10);
+/// When no slot is free but some are held by workers still starting or leaving, the next scan
+/// comes this soon.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
 
 /// Registers the launcher with the postmaster; called from `_PG_init`. It starts once recovery
 /// has finished, so a hot standby runs no reaper until it is promoted, and the postmaster
@@ -49,31 +57,108 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
         pg_sys::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), 0);
     }
     SHARED.exclusive().launcher_pid = unsafe { pg_sys::MyProcPid };
-    let mut last_scan: Option<Instant> = None;
-    let mut starting: Vec<(u32, Instant)> = Vec::new();
-    let mut warned: HashSet<u32> = HashSet::new();
+    let mut launcher = Launcher::default();
     loop {
         let asked = std::mem::take(&mut SHARED.exclusive().rescan);
-        if asked || last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY) {
-            last_scan = Some(Instant::now());
-            start_missing_workers(&mut starting, &mut warned);
+        if asked || launcher.scan_due() {
+            launcher.scan();
         }
-        crate::process::sleep_unless(Duration::from_secs(10), || SHARED.share().rescan);
+        crate::process::sleep_unless(launcher.until_next_scan(), || SHARED.share().rescan);
     }
 }
 
-/// Starts a worker in every database that has none, is not known to lack the extension, and is
-/// allowed by `reaper.database_names`; forgets slots of databases that are gone.
-fn start_missing_workers(starting: &mut Vec<(u32, Instant)>, warned: &mut HashSet<u32>) {
-    let databases = list_databases();
-    let wanted = settings::database_names();
-    let present: HashSet<u32> = databases.iter().map(|d| d.oid).collect();
-    {
+/// What the launcher keeps in its own memory between scans.
+#[derive(Default)]
+struct Launcher {
+    last_scan: Option<Instant>,
+    /// An earlier scan than RESCAN_EVERY's: a back-off ends, or a slot is about to free up.
+    scan_at: Option<Instant>,
+    /// Workers started and when, until they claim their slot or START_TIMEOUT passes.
+    starting: Vec<(u32, Instant)>,
+    /// Databases whose worker could not be started (max_worker_processes), warned about once.
+    warned: HashSet<u32>,
+    /// Databases left without a worker because every slot is taken, warned about once.
+    no_slot: HashSet<u32>,
+    /// Databases whose worker found no extension, with the extension generation it saw. Kept
+    /// here rather than in a slot, so any number of them leave every slot to the databases
+    /// that have the extension.
+    no_extension: HashMap<u32, u64>,
+    /// The generation of the last CREATE EXTENSION commit in each database, as far as read.
+    created: HashMap<u32, u64>,
+    /// Markers older than this are stale: commits were missed (see CREATE_RING).
+    stale_below: u64,
+    /// The generation up to which `created` has been read.
+    read_up_to: u64,
+}
+
+/// What reserving a slot for a database found.
+enum Reserve {
+    /// A slot is reserved: start the worker (after `failures` error exits in a row).
+    Reserved { failures: u32 },
+    /// Nothing to start: it has a worker, or is known to lack the extension, or is dropped.
+    NotNeeded,
+    /// Its worker exited with an error and may start again at this Unix time.
+    BackingOff(f64),
+    /// No slot is free; `settling`: some are held by workers still starting or leaving, so one
+    /// may free up in a moment.
+    Full { settling: bool },
+}
+
+impl Launcher {
+    fn scan_due(&self) -> bool {
+        self.scan_at.is_some_and(|at| Instant::now() >= at)
+            || self.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY)
+    }
+
+    /// How long the launcher may sleep: at most MAX_SLEEP, and not past an early scan.
+    fn until_next_scan(&self) -> Duration {
+        self.scan_at.map_or(MAX_SLEEP, |at| {
+            at.saturating_duration_since(Instant::now()).min(MAX_SLEEP)
+        })
+    }
+
+    fn scan_no_later_than(&mut self, at: Instant) {
+        self.scan_at = Some(self.scan_at.map_or(at, |earlier| earlier.min(at)));
+    }
+
+    /// Starts a worker in every database that has none, is not known to lack the extension,
+    /// and is allowed by `reaper.database_names`; forgets databases that are gone.
+    fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        self.scan_at = None;
+        let databases = list_databases();
+        self.tidy_slots(&databases);
+        let wanted = settings::database_names();
+        for db in databases
+            .iter()
+            .filter(|db| wanted.is_empty() || wanted.contains(&db.name))
+        {
+            match self.reserve_slot(db.oid) {
+                Reserve::Reserved { failures } => self.start(db, failures),
+                Reserve::NotNeeded => {}
+                Reserve::BackingOff(retry_at) => {
+                    let wait = (retry_at - crate::history::unix_now()).max(0.0);
+                    self.scan_no_later_than(Instant::now() + Duration::from_secs_f64(wait));
+                }
+                Reserve::Full { settling: true } => {
+                    self.scan_no_later_than(Instant::now() + SETTLE_RETRY)
+                }
+                Reserve::Full { settling: false } => self.warn_no_slot(db),
+            }
+        }
+    }
+
+    /// Frees the slots of databases that are gone, of starts that never came, of drops held too
+    /// long, and of markers of databases without the extension (remembered here instead).
+    fn tidy_slots(&mut self, databases: &[Database]) {
+        let present: HashSet<u32> = databases.iter().map(|d| d.oid).collect();
         let mut shared = SHARED.exclusive();
+        self.collect_no_extension(&mut shared);
         for slot in shared.slots.iter_mut() {
             let stale_start = slot.state == WorkerState::Starting
                 && slot.pid == 0
-                && starting
+                && self
+                    .starting
                     .iter()
                     .any(|(db, at)| *db == slot.database && at.elapsed() > START_TIMEOUT);
             let drop_over = slot.state == WorkerState::Dropping
@@ -82,23 +167,105 @@ fn start_missing_workers(starting: &mut Vec<(u32, Instant)>, warned: &mut HashSe
                 *slot = Default::default();
             }
         }
+        self.starting
+            .retain(|(_, at)| at.elapsed() <= START_TIMEOUT);
+        self.no_extension.retain(|db, _| present.contains(db));
+        self.created.retain(|db, _| present.contains(db));
+        self.warned.retain(|db| present.contains(db));
+        self.no_slot.retain(|db| present.contains(db));
     }
-    starting.retain(|(_, at)| at.elapsed() <= START_TIMEOUT);
-    for db in databases {
-        if !wanted.is_empty() && !wanted.contains(&db.name) {
-            continue;
+
+    /// Reads which databases committed CREATE EXTENSION since the last call.
+    fn read_creations(&mut self, shared: &Shared) {
+        let now = shared.generation;
+        if now - self.read_up_to > CREATE_RING as u64 {
+            self.stale_below = now;
+        } else {
+            for generation in self.read_up_to + 1..=now {
+                let (database, at) = shared.created[generation as usize % CREATE_RING];
+                if at == generation {
+                    self.created.insert(database, generation);
+                }
+            }
         }
-        if !reserve_slot(db.oid) {
-            continue;
+        self.read_up_to = now;
+    }
+
+    /// Whether `database` is known to lack the extension: its worker found none, and no CREATE
+    /// EXTENSION committed there since (or may have: then its worker looked too early).
+    fn lacks_extension(&self, database: u32) -> bool {
+        self.no_extension.get(&database).is_some_and(|&seen| {
+            seen >= self.stale_below && seen >= self.created.get(&database).copied().unwrap_or(0)
+        })
+    }
+
+    /// Moves the NoExtension markers of workers that have left into `no_extension`, freeing
+    /// their slots.
+    fn collect_no_extension(&mut self, shared: &mut Shared) {
+        for slot in shared.slots.iter_mut() {
+            if slot.state == WorkerState::NoExtension && slot.pid == 0 {
+                self.no_extension.insert(slot.database, slot.generation);
+                *slot = Default::default();
+            }
         }
-        match start_worker(&db) {
+    }
+
+    /// Takes a slot for `database` when it needs a worker and has none.
+    fn reserve_slot(&mut self, database: u32) -> Reserve {
+        let mut shared = SHARED.exclusive();
+        self.read_creations(&shared);
+        self.collect_no_extension(&mut shared);
+        if self.lacks_extension(database) {
+            return Reserve::NotNeeded;
+        }
+        self.no_extension.remove(&database);
+        if let Some(slot) = shared.slot_of_mut(database) {
+            if slot.state != WorkerState::Backoff {
+                return Reserve::NotNeeded;
+            }
+            if slot.retry_at > crate::history::unix_now() {
+                return Reserve::BackingOff(slot.retry_at);
+            }
+            slot.state = WorkerState::Starting;
+            return Reserve::Reserved {
+                failures: slot.failures,
+            };
+        }
+        let starting = Slot {
+            database,
+            state: WorkerState::Starting,
+            ..Default::default()
+        };
+        if shared.take_free_slot(starting) {
+            return Reserve::Reserved { failures: 0 };
+        }
+        let settling = shared.slots.iter().any(|s| {
+            matches!(
+                s.state,
+                WorkerState::Starting | WorkerState::NoExtension | WorkerState::Dropping
+            )
+        });
+        Reserve::Full { settling }
+    }
+
+    fn start(&mut self, db: &Database, failures: u32) {
+        match start_worker(db) {
             Ok(()) => {
-                starting.push((db.oid, Instant::now()));
-                warned.remove(&db.oid);
+                self.starting.push((db.oid, Instant::now()));
+                self.warned.remove(&db.oid);
+                self.no_slot.remove(&db.oid);
+                if failures > 0 {
+                    log!(
+                        "session_reaper: starting the worker for database \"{}\" again after {} error exits in a row (the last waited {} s)",
+                        db.name,
+                        failures,
+                        crate::shmem::backoff(failures).as_secs()
+                    );
+                }
             }
             Err(reason) => {
                 release_reserved(db.oid);
-                if warned.insert(db.oid) {
+                if self.warned.insert(db.oid) {
                     pgrx::warning!(
                         "session_reaper: could not start a worker for database \"{}\": {reason}",
                         db.name
@@ -107,32 +274,17 @@ fn start_missing_workers(starting: &mut Vec<(u32, Instant)>, warned: &mut HashSe
             }
         }
     }
-}
 
-/// Takes a free slot for `database` when it has none; false when it has one (running,
-/// starting, or marked as lacking the extension) or no slot is free.
-fn reserve_slot(database: u32) -> bool {
-    let mut shared = SHARED.exclusive();
-    let generation = shared.generation;
-    if let Some(slot) = shared.slot_of_mut(database) {
-        // Only a worker that found no extension, and may have looked before a CREATE
-        // EXTENSION committed, is started again.
-        let looked_too_early =
-            slot.state == WorkerState::NoExtension && slot.generation < generation;
-        if looked_too_early {
-            *slot = Slot {
-                database,
-                state: WorkerState::Starting,
-                ..Default::default()
-            };
+    /// Says once per database that it gets no worker because every slot is taken by databases
+    /// that have the extension.
+    fn warn_no_slot(&mut self, db: &Database) {
+        if self.no_slot.insert(db.oid) {
+            pgrx::warning!(
+                "session_reaper: database \"{}\" gets no worker: all {MAX_WORKERS} worker slots are taken by databases with session_reaper (drop the extension where it is not needed, or list the databases to reap in reaper.database_names)",
+                db.name
+            );
         }
-        return looked_too_early;
     }
-    shared.take_free_slot(Slot {
-        database,
-        state: WorkerState::Starting,
-        ..Default::default()
-    })
 }
 
 fn release_reserved(database: u32) {
@@ -180,7 +332,9 @@ fn list_databases() -> Vec<Database> {
             let header = (*tuple).t_data;
             let form = (header as *const u8).add((*header).t_hoff as usize)
                 as *const pg_sys::FormData_pg_database;
-            if (*form).datallowconn && !(*form).datistemplate {
+            // datconnlimit -2 marks a database whose DROP DATABASE failed part-way: no one
+            // may connect to it.
+            if (*form).datallowconn && !(*form).datistemplate && (*form).datconnlimit != -2 {
                 let name = CStr::from_ptr((*form).datname.data.as_ptr())
                     .to_string_lossy()
                     .into_owned();

@@ -3,7 +3,7 @@
 
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Set each time the settings are re-read; see [`take_reloaded`].
 static RELOADED: AtomicBool = AtomicBool::new(false);
@@ -47,9 +47,52 @@ unsafe fn install_handler(
 }
 
 /// Sleeps until `timeout` passes or the latch is set, then handles interrupts (a SIGTERM ends
-/// the process here) and reloads settings after a SIGHUP.
+/// the process here, a stray cancel is dropped: see [`check_for_interrupts`]) and reloads
+/// settings after a SIGHUP.
 pub fn sleep(timeout: Duration) {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_long;
+    wait_latch(timeout);
+    check_for_interrupts();
+    reload_settings_if_asked();
+}
+
+/// Sleeps the whole of `d`, even when the latch is set meanwhile (a wake-up request must not
+/// shorten a throttle pause): each wake-up handles interrupts and reloads as [`sleep`] does,
+/// then the rest of the pause is slept. The request that set the latch stays in its slot for
+/// the next look.
+// For the worker's throttle (`reaper.batch_delay`, `reaper.max_rows_per_second`).
+#[allow(dead_code)]
+pub fn pause(d: Duration) {
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        sleep(left);
+    }
+}
+
+/// What the worker's and the launcher's loops call between transactions instead of
+/// `pgrx::check_for_interrupts!()`: a SIGTERM still ends the process, but a cancel that
+/// arrives outside a transaction (`pg_cancel_backend`, or a statement timeout that fired just as
+/// a batch committed) has nothing left to cancel and is dropped; raised here, outside any
+/// transaction, it would be an ERROR that ends the process.
+pub fn check_for_interrupts() {
+    // SAFETY: QueryCancelPending is set by signal handlers and cleared by this process; the
+    // transaction state is this process's own.
+    unsafe {
+        if pg_sys::QueryCancelPending != 0 && !pg_sys::IsTransactionState() {
+            pg_sys::QueryCancelPending = 0;
+        }
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// Waits on this process's latch for at most `timeout` (or until the postmaster dies, which
+/// ends the process), and resets it.
+fn wait_latch(timeout: Duration) {
+    // Rounded up: a pause's last fraction of a millisecond is slept, not spun through.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as std::ffi::c_long;
     // SAFETY: waiting on this process's own latch.
     unsafe {
         pg_sys::WaitLatch(
@@ -60,8 +103,6 @@ pub fn sleep(timeout: Duration) {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
-    pgrx::check_for_interrupts!();
-    reload_settings_if_asked();
 }
 
 /// Pauses for the whole of `length`: a latch set meanwhile (a registration, a wake request)
@@ -107,4 +148,33 @@ pub fn reload_settings_if_asked() {
 /// now and then (pruning the history) is redone at once rather than on its next turn.
 pub fn take_reloaded() -> bool {
     RELOADED.swap(false, Ordering::Relaxed)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// Issue 17 item 3: a set latch (a wake-up request) does not shorten a throttle pause,
+    /// where `sleep` returns at once.
+    #[pg_test]
+    fn issue17_item3_pause_sleeps_its_whole_duration_though_the_latch_is_set() {
+        let set_latch = || unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
+        set_latch();
+        let started = Instant::now();
+        super::sleep(Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "sleep ends on the latch"
+        );
+        set_latch();
+        let started = Instant::now();
+        super::pause(Duration::from_millis(300));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "pause ended after {:?}",
+            started.elapsed()
+        );
+    }
 }

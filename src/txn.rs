@@ -38,6 +38,9 @@ pub fn in_subtransaction<R>(
 pub fn in_transaction<R>(
     f: impl FnOnce() -> R + std::panic::UnwindSafe,
 ) -> Result<R, (PgSqlErrorCode, String)> {
+    // A cancel still pending from before (it came as the last transaction committed) was
+    // meant for that one: it must not cancel this one. A SIGTERM ends the process here.
+    crate::process::check_for_interrupts();
     // SAFETY: called from the worker's main loop, outside any transaction.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();

@@ -14,7 +14,7 @@ use crate::process::{pause, reload_settings_if_asked, sleep, sleep_unless};
 use crate::reap::{self, Batch, Locked, Progress};
 use crate::security::{as_role, with_settings};
 use crate::settings;
-use crate::shmem::{Slot, WorkerState, SHARED};
+use crate::shmem::{claim_slot, leave_for_lack_of_extension, WorkerState, SHARED};
 use crate::sql::{installed_version, pinned, LIBRARY_VERSION};
 use crate::target::{self, Registered, Target};
 use crate::txn::{in_transaction, with_statement_timeout};
@@ -52,75 +52,16 @@ pub extern "C-unwind" fn session_reaper_worker_main(arg: pg_sys::Datum) {
         return; // another worker already serves this database
     }
     unsafe {
-        pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(database.to_u32()))
+        pg_sys::before_shmem_exit(
+            Some(crate::shmem::release_slot),
+            pg_sys::Datum::from(database.to_u32()),
+        )
     };
     Worker {
         last_prune: None,
         warned_version: None,
     }
     .run();
-}
-
-/// Takes this database's slot; false when a live worker already holds it.
-fn claim_slot(database: u32) -> bool {
-    let me = unsafe { pg_sys::MyProcPid };
-    let mut shared = SHARED.exclusive();
-    if let Some(slot) = shared.slot_of_mut(database) {
-        let taken = slot.pid != 0 && slot.pid != me && unsafe { libc::kill(slot.pid, 0) } == 0;
-        if taken || slot.state == WorkerState::Dropping {
-            return false;
-        }
-        slot.pid = me;
-        slot.state = WorkerState::Idle;
-        return true;
-    }
-    shared.take_free_slot(Slot {
-        database,
-        pid: me,
-        state: WorkerState::Idle,
-        ..Default::default()
-    })
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
-    let database = arg.value() as u32;
-    let me = pg_sys::MyProcPid;
-    let launcher = {
-        let mut shared = SHARED.exclusive();
-        let Some(slot) = shared.slot_of_mut(database).filter(|slot| slot.pid == me) else {
-            return;
-        };
-        // A worker that left for lack of the extension, or because its database is being
-        // dropped, keeps its slot as a marker, so the launcher does not start it again.
-        if matches!(slot.state, WorkerState::NoExtension | WorkerState::Dropping) {
-            slot.pid = 0;
-            return;
-        }
-        // Gone for another reason (SIGTERM, an error): the launcher starts it again.
-        *slot = Default::default();
-        shared.rescan = true;
-        shared.launcher_pid
-    };
-    crate::shmem::wake_pid(launcher);
-}
-
-/// Marks this database as lacking the extension and exits, so the launcher starts the worker
-/// again only after the next CREATE EXTENSION — unless one committed since the worker looked
-/// (`generation` is the count it saw before looking): then it returns, to look again.
-fn leave_for_lack_of_extension(generation: u64) {
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    {
-        let mut shared = SHARED.exclusive();
-        if shared.generation != generation {
-            return;
-        }
-        if let Some(slot) = shared.slot_of_mut(database) {
-            slot.state = WorkerState::NoExtension;
-            slot.generation = generation;
-        }
-    }
-    unsafe { pg_sys::proc_exit(0) }
 }
 
 fn set_state(state: WorkerState, current: pg_sys::Oid) {
