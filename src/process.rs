@@ -58,9 +58,8 @@ pub fn sleep(timeout: Duration) {
 /// Sleeps the whole of `d`, even when the latch is set meanwhile (a wake-up request must not
 /// shorten a throttle pause): each wake-up handles interrupts and reloads as [`sleep`] does,
 /// then the rest of the pause is slept. The request that set the latch stays in its slot for
-/// the next look.
-// For the worker's throttle (`reaper.batch_delay`, `reaper.max_rows_per_second`).
-#[allow(dead_code)]
+/// the next look. The worker's throttle (`reaper.batch_delay`, `reaper.max_rows_per_second`)
+/// and its wait for a lagging replica pause this way.
 pub fn pause(d: Duration) {
     let until = Instant::now() + d;
     loop {
@@ -102,20 +101,6 @@ fn wait_latch(timeout: Duration) {
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-}
-
-/// Pauses for the whole of `length`: a latch set meanwhile (a registration, a wake request)
-/// does not end the pause early, while a SIGTERM still ends the process and a SIGHUP still
-/// reloads the settings.
-pub fn pause(length: Duration) {
-    let until = std::time::Instant::now() + length;
-    loop {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        sleep(left);
     }
 }
 

@@ -10,7 +10,7 @@
 use crate::cursor::Cursor;
 use crate::errors::ReaperError;
 use crate::history::{self, Run, Status};
-use crate::process::{pause, reload_settings_if_asked, sleep, sleep_unless};
+use crate::process::{pause, reload_settings_if_asked, sleep_unless};
 use crate::reap::{self, Batch, Locked, Progress};
 use crate::security::{as_role, with_settings};
 use crate::settings;
@@ -162,7 +162,7 @@ impl Worker {
     fn run(&mut self) -> ! {
         record_interrupted_runs();
         loop {
-            pgrx::check_for_interrupts!();
+            crate::process::check_for_interrupts();
             reload_settings_if_asked();
             wake_request(true);
             let generation = SHARED.share().generation;
@@ -593,7 +593,7 @@ fn wait_for_replicas(run_started: Instant) {
             return;
         }
         set_state(WorkerState::PausedForReplica, pg_sys::InvalidOid);
-        sleep(Duration::from_secs(1));
+        pause(Duration::from_secs(1));
     }
 }
 
