@@ -11,8 +11,10 @@
 # the exporter query file and the alert rules in /usr/share/postgresql-15-session-reaper.
 # Version from Cargo.toml, architecture from `dpkg --print-architecture`, Depends: postgresql-15.
 #
-# PG_CONFIG is the Postgres 15 to build against (default Debian's). When it is a copy elsewhere
-# (a private tree for parallel work), its directories are mapped onto Debian's.
+# PG_CONFIG is the Postgres to build against (default Debian's 15); its major names the package
+# (postgresql-N-session-reaper, Depends: postgresql-N). When it is not installed where PGDG's
+# packages put it (a PyPI build of another major, a private copy), its directories are mapped
+# onto /usr/lib/postgresql/N/lib and /usr/share/postgresql/N/extension.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
@@ -29,9 +31,13 @@ deb_ext=/usr/share/postgresql/$major/extension
 build_lib=$("$PG_CONFIG" --pkglibdir)
 build_ext=$("$PG_CONFIG" --sharedir)/extension
 
-echo "package: cargo pgrx package --pg-config $PG_CONFIG" >&2
-cargo pgrx package --pg-config "$PG_CONFIG" >&2
-tree=target/release/session_reaper-pg$major
+# PACKAGE_PROFILE=debug: a quick debug build, for tests of the package's layout.
+profile=${PACKAGE_PROFILE:-release}
+profile_flag=()
+[ "$profile" = release ] || profile_flag=(--debug)
+echo "package: cargo pgrx package --pg-config $PG_CONFIG ${profile_flag[*]}" >&2
+cargo pgrx package --pg-config "$PG_CONFIG" "${profile_flag[@]}" >&2
+tree=target/$profile/session_reaper-pg$major
 [ -f "$tree$build_lib/session_reaper.so" ] ||
   { echo "package: $tree$build_lib/session_reaper.so is missing" >&2; exit 1; }
 
