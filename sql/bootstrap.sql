@@ -80,6 +80,9 @@ SELECT pg_catalog.pg_extension_config_dump('reaper_target_id_seq', '');
 
 -- Nobody but the extension's owner writes these; everyone reads through the views below.
 REVOKE ALL ON reaper_target, reaper_state, reaper_run FROM PUBLIC;
+-- pg_dump dumps the targets (pg_extension_config_dump above): the database's owner may read
+-- them, so it can back up its own database without a superuser.
+GRANT SELECT ON reaper_target, reaper_target_id_seq TO pg_database_owner;
 
 -- reaper_can_see says whether a role may see targets of this table: it may read it (owners and
 -- members of the owning role can), or, for a table that no longer exists, it is a superuser

@@ -4,6 +4,10 @@
 -- server restarted to load it). Until then the 0.3.0 worker does not reap, and says why.
 \echo Use "ALTER EXTENSION session_reaper UPDATE" to load this file. \quit
 
+-- pg_dump dumps the targets (pg_extension_config_dump): the database's owner may read them,
+-- so it can back up its own database without a superuser.
+GRANT SELECT ON reaper_target, reaper_target_id_seq TO pg_database_owner;
+
 -- A new run status: 'interrupted', a worker's run cut short by a shutdown or a crash.
 ALTER TABLE reaper_state DROP CONSTRAINT reaper_state_last_status_check,
     ADD CONSTRAINT reaper_state_last_status_check

@@ -219,12 +219,25 @@ fn parses_as_plain_update(sql: &str) -> Result<bool, (PgSqlErrorCode, String)> {
         pg_sys::NodeTag::T_UpdateStmt,
         |update: &pg_sys::UpdateStmt| {
             update.fromClause.is_null()
-            && !has_returning(update)
-            && update.withClause.is_null()
-            // SAFETY: is_a reads only the node's tag.
-            && unsafe { pgrx::is_a(update.whereClause, pg_sys::NodeTag::T_A_Const) }
+                && !has_returning(update)
+                && update.withClause.is_null()
+                && is_constant(update.whereClause)
         },
     )
+}
+
+/// Whether a raw parse node is a constant: an A_Const, or (as Postgres 14 parses `false`) a
+/// type cast of one.
+fn is_constant(node: *mut pg_sys::Node) -> bool {
+    // SAFETY: is_a reads only a node's tag; a TypeCast's fields are read after its tag says so.
+    unsafe {
+        pgrx::is_a(node, pg_sys::NodeTag::T_A_Const)
+            || (pgrx::is_a(node, pg_sys::NodeTag::T_TypeCast)
+                && pgrx::is_a(
+                    (*(node as *mut pg_sys::TypeCast)).arg,
+                    pg_sys::NodeTag::T_A_Const,
+                ))
+    }
 }
 
 /// Whether an UPDATE has a RETURNING clause (a list until 17, a clause node from 18 on).

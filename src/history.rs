@@ -184,14 +184,16 @@ fn database_name() -> String {
 /// exactly the rows that committed ([`record_interrupted`]).
 pub fn note_progress(target_id: i64, started_at: f64, progress: &Progress) {
     let query = format!(
-        "INSERT INTO {}.reaper_state AS s
+        "INSERT INTO {schema}.reaper_state AS s
                 (target_id, run_started_at, run_noted_at, run_rows, run_batches, run_partitions)
          SELECT $1, to_timestamp($2), clock_timestamp(), $3, $4, $5
+          -- Unregistered meanwhile: nothing to note. Locked, the unregister waits for this batch.
+          WHERE EXISTS (SELECT FROM {schema}.reaper_target WHERE id = $1 FOR KEY SHARE)
          ON CONFLICT (target_id) DO UPDATE SET
                 run_started_at = EXCLUDED.run_started_at, run_noted_at = EXCLUDED.run_noted_at,
                 run_rows = EXCLUDED.run_rows,
                 run_batches = EXCLUDED.run_batches, run_partitions = EXCLUDED.run_partitions",
-        ext_schema()
+        schema = ext_schema()
     );
     as_role(ext_owner(), || {
         Spi::run_with_args(

@@ -18,8 +18,12 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::{Duration, Instant};
 
-/// The first half of every advisory lock key session_reaper takes ("REAP").
-const LOCK_CLASS: i64 = 0x5245_4150;
+/// The second field of every lock tag session_reaper takes ("REAP").
+const LOCK_CLASS: u32 = 0x5245_4150;
+/// The fourth field of its lock tags. The SQL advisory lock functions use only 1 (a bigint key)
+/// and 2 (two integer keys), so no role can take, hold or wait on the reaper's lock from SQL:
+/// with a key it could name, any role could make another role's target skip every run.
+const LOCK_SPACE: u16 = 3;
 
 /// What one run has done so far.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -57,16 +61,22 @@ impl Progress {
     }
 }
 
-/// Takes the target's transaction-level advisory lock without waiting; false when another
-/// reap of the same table holds it.
+/// Takes the target's transaction-level lock without waiting (an advisory lock in a key space
+/// SQL cannot reach, released at commit or abort); false when another reap of the same table
+/// holds it. `pg_locks` shows it as an advisory lock with objsubid 3.
 pub fn try_lock(target: &Target) -> bool {
-    let key = (LOCK_CLASS << 32) | i64::from(target.relid.to_u32());
-    Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_try_advisory_xact_lock($1)",
-        &[key.into()],
-    )
-    .expect("taking the target lock")
-    .unwrap_or(false)
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: the connected database of this backend.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: LOCK_CLASS,
+        locktag_field3: target.relid.to_u32(),
+        locktag_field4: LOCK_SPACE,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction lock on a tag built above, inside a transaction; dontWait.
+    let taken = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, true) };
+    taken != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
 /// What one batch did.

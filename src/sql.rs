@@ -31,12 +31,16 @@ pub fn quote_literal(value: &str) -> String {
         .into_owned()
 }
 
-/// Runs `f` with the internal search path, and the interval style the generated SQL is
-/// written in (interval values are read from the catalog as text and spliced back as literals).
+/// Runs `f` with the internal search path, and the interval and date styles the generated SQL
+/// is written in: intervals, partition bounds and cursor keys are read as text and spliced
+/// back as literals, which must read back as the same value whatever the caller's settings.
+/// (A non-ISO DateStyle prints zone abbreviations, and `IST` of Europe/Dublin reads back as
+/// Israel's: a partition bound an hour early.)
 pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
     let settings = [
         ("search_path", INTERNAL_SEARCH_PATH.to_string()),
         ("IntervalStyle", "postgres".to_string()),
+        ("DateStyle", "ISO, YMD".to_string()),
     ];
     with_settings(&settings, f)
 }
