@@ -212,4 +212,39 @@ mod tests {
         assert_eq!(count(due), 1, "the owner's wake makes it due now");
         run("RESET ROLE");
     }
+
+    /// Review of issue 17: a partition bound read back in the caller's DateStyle and TimeZone
+    /// must be the same instant. `IST` (here a POSIX zone one hour east of UTC, like Dublin's
+    /// summer) reads back as Israel's +02 under a non-ISO DateStyle: the bound an hour early,
+    /// and a partition that still holds a live row was dropped.
+    #[pg_test]
+    fn a_partition_bound_reads_back_the_same_whatever_the_datestyle() {
+        run("SET LOCAL TimeZone = 'IST-1'");
+        run("CREATE TABLE p (id int, expires_at timestamptz NOT NULL) PARTITION BY RANGE (expires_at)");
+        run("DO $$ BEGIN
+               EXECUTE format('CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (MINVALUE) TO (%L)',
+                              now() + interval '30 minutes');
+               EXECUTE format('CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (%L) TO (MAXVALUE)',
+                              now() + interval '30 minutes');
+             END $$");
+        run("INSERT INTO p VALUES (1, now() - interval '1 hour'), (2, now() + interval '10 minutes')");
+        // The partitions were made in ISO style; the reap runs in a session whose style differs.
+        run("SET LOCAL DateStyle = 'SQL, DMY'");
+        run("SELECT reaper_register('p', action => 'drop_partitions')");
+        assert_eq!(
+            count("SELECT cardinality(partitions_to_drop) FROM reaper_dry_run('p')"),
+            0
+        );
+        run("SELECT reaper_purge('p')");
+        assert_eq!(
+            count("SELECT count(*) FROM p WHERE id = 2"),
+            1,
+            "the live row stays"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM p WHERE id = 1"),
+            0,
+            "the dead row goes"
+        );
+    }
 }

@@ -347,3 +347,76 @@ fn analyze_after_a_run_gives_up_on_a_held_lock() {
     });
     holder.batch_execute("COMMIT").unwrap();
 }
+
+/// Review of issue 17: the lock that keeps two reaps of one table apart is out of SQL's reach.
+/// Another role holding the advisory lock that the old key named (`'REAP' << 32 | relid`) for
+/// as long as it likes no longer makes the owner's purge and the worker's runs skip.
+#[test]
+fn no_role_can_hold_the_reapers_lock_from_sql() {
+    let (pg, mut admin) = with_reaper("trust_lock", &["reaper.interval = '1s'"]);
+    admin
+        .batch_execute(
+            "CREATE ROLE bob LOGIN; CREATE ROLE mallory LOGIN;
+             CREATE SCHEMA b AUTHORIZATION bob;",
+        )
+        .unwrap();
+    let mut bob = pg.connect_as("postgres", "bob");
+    sessions_table(&mut bob, "b.sessions", 100, 5);
+    let key = count(
+        &mut admin,
+        "SELECT (x'52454150'::bigint << 32) | 'b.sessions'::regclass::oid::bigint",
+    );
+    let mut mallory = pg.connect_as("postgres", "mallory");
+    mallory
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .unwrap();
+    bob.batch_execute("SELECT reaper_register('b.sessions')")
+        .unwrap();
+    wait_until("the worker reaped bob's table", SOON, || {
+        expired(&mut bob, "b.sessions") == 0
+    });
+    sessions_more(&mut bob, "b.sessions");
+    let status: String = bob
+        .query_one("SELECT status FROM reaper_purge('b.sessions')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "ok", "bob's purge is not skipped");
+    assert_eq!(
+        count(
+            &mut bob,
+            "SELECT count(*) FROM reaper_history WHERE status = 'skipped'"
+        ),
+        0
+    );
+}
+
+/// Review of issue 17: the owner of a database who is not a superuser can pg_dump it, targets
+/// included (pg_dump reads the extension's config table and its sequence).
+#[test]
+fn the_database_owner_can_dump_its_database() {
+    let (pg, mut admin) = with_reaper("trust_dump", &["reaper.interval = '1h'"]);
+    admin.batch_execute("CREATE ROLE bob LOGIN").unwrap();
+    admin
+        .batch_execute("CREATE DATABASE own OWNER bob")
+        .unwrap();
+    let mut own = pg.connect("own");
+    own.batch_execute("CREATE EXTENSION session_reaper")
+        .unwrap();
+    let mut bob = pg.connect_as("own", "bob");
+    bob.batch_execute("CREATE SCHEMA b").unwrap();
+    sessions_table(&mut bob, "b.sessions", 0, 5);
+    bob.batch_execute("SELECT reaper_register('b.sessions')")
+        .unwrap();
+    let out = std::process::Command::new(format!("{}/pg_dump", session_reaper_harness::pg_bin()))
+        .args(["-h", pg.dir.to_str().unwrap(), "-p", &pg.port.to_string()])
+        .args(["-U", "bob", "own"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pg_dump as the database owner: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dump.contains("reaper_target"), "the dump holds the targets");
+}
