@@ -37,7 +37,7 @@ profile_flag=()
 [ "$profile" = release ] || profile_flag=(--debug)
 echo "package: cargo pgrx package --pg-config $PG_CONFIG ${profile_flag[*]}" >&2
 cargo pgrx package --pg-config "$PG_CONFIG" "${profile_flag[@]}" >&2
-tree=target/$profile/session_reaper-pg$major
+tree=${CARGO_TARGET_DIR:-target}/$profile/session_reaper-pg$major
 [ -f "$tree$build_lib/session_reaper.so" ] ||
   { echo "package: $tree$build_lib/session_reaper.so is missing" >&2; exit 1; }
 

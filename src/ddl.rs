@@ -224,7 +224,7 @@ fn recheck(schema: &str, tables: &[pg_sys::Oid]) {
                             quote_literal(&registered.name)
                         ),
                     };
-                    disable(schema, &registered, rule, reason)
+                    disable(&registered, rule, reason)
                 }
             }
         }
@@ -299,19 +299,12 @@ fn rule_of(table: &str, column: &str, predicate: Option<&str>) -> String {
 }
 
 /// Switches a target off, as the extension's owner, with a WARNING naming it and the reason.
-fn disable(schema: &str, registered: &Registered, rule: String, reason: ReaperError) {
-    let query = format!(
-        "UPDATE {schema}.reaper_target SET enabled = false, updated_at = now() WHERE id = $1"
-    );
-    as_role(ext_owner(), || {
-        Spi::run_with_args(&query, &[registered.id.into()])
-    })
-    .expect("writing reaper_target");
+fn disable(registered: &Registered, rule: String, reason: ReaperError) {
+    crate::registry::set_enabled(registered.id, false);
     ReaperError::DisabledByDdl {
         table: registered.name.clone(),
         rule,
         reason: Box::new(reason),
     }
     .warn();
-    crate::hooks::wake_worker_at_commit();
 }

@@ -116,6 +116,11 @@ pub enum ReaperError {
     NothingRemoved {
         table: String,
     },
+    /// A step that went on after its statement timeout's cancel: the worker was stopped.
+    Runaway {
+        table: String,
+        timeout: std::time::Duration,
+    },
     /// A column of type timestamp/date whose target has no time zone recorded.
     TimezoneMissing {
         table: String,
@@ -164,6 +169,7 @@ impl ReaperError {
             Self::BadUpdateSet { code, .. } => *code,
             Self::UpdateRepeats { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             Self::NothingRemoved { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Self::Runaway { .. } => ERRCODE_QUERY_CANCELED,
             Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -253,6 +259,11 @@ impl ReaperError {
             Self::BadMaxRows { max_rows } => {
                 format!("invalid max_rows {max_rows}: must be a positive number of rows")
             }
+            Self::Runaway { table, timeout } => format!(
+                "target \"{table}\" is disabled: its batch went on {} s past reaper.statement_timeout ({} s), so the worker was stopped",
+                crate::worker::DEADLINE_GRACE.as_secs(),
+                timeout.as_secs()
+            ),
             Self::NothingRemoved { table } => format!(
                 "batches on table \"{table}\" pick dead rows but remove none of them: the run is stopped"
             ),
@@ -342,6 +353,9 @@ impl ReaperError {
                 "update_set is the list that follows SET in an UPDATE, such as 'ended_at = expires_at'.".into()
             }
             Self::BadMaxRows { .. } => "Pass a positive max_rows, or NULL for no limit.".into(),
+            Self::Runaway { table, .. } => format!(
+                "Code of the table's owner (a trigger, the predicate, a function they call) caught the statement timeout's cancel and went on. Fix it, then: SELECT reaper_enable('{table}', true);"
+            ),
             Self::NothingRemoved { .. } => {
                 "Look for a BEFORE DELETE (or UPDATE) trigger that returns NULL, or a row-level security policy for DELETE narrower than the one for SELECT, on the table; or narrow the target's predicate to the rows that may go.".into()
             }

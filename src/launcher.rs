@@ -63,7 +63,11 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
         if asked || launcher.scan_due() {
             launcher.scan();
         }
-        crate::process::sleep_unless(launcher.until_next_scan(), || SHARED.share().rescan);
+        let next_deadline = crate::shmem::stop_overdue_workers(crate::history::unix_now());
+        let sleep = launcher
+            .until_next_scan()
+            .min(next_deadline.unwrap_or(Duration::MAX));
+        crate::process::sleep_unless(sleep, || SHARED.share().rescan);
     }
 }
 

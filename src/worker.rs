@@ -160,6 +160,7 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) -> ! {
+        disable_stuck_target();
         record_interrupted_runs();
         loop {
             crate::process::check_for_interrupts();
@@ -263,7 +264,7 @@ impl Worker {
             reload_settings_if_asked();
             set_state(WorkerState::Reaping, running.target.relid);
             let batch_started = Instant::now();
-            let step = in_transaction(|| pinned(|| batch_step(running, started_at)));
+            let step = watched(|| in_transaction(|| pinned(|| batch_step(running, started_at))));
             let (batch, now) = match step {
                 Ok(Step::Ran(Some(batch), now)) => (batch, now),
                 Ok(Step::Ran(None, _)) => return TurnEnd::Skipped,
@@ -377,6 +378,71 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     Step::Ran(batch, Box::new(now))
 }
 
+/// How long past `reaper.statement_timeout` a step of the worker may go on before the launcher
+/// stops the worker: the cancel came, and owner code caught it.
+pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a step that runs code of a table's owner (a batch, a prune, ANALYZE, recording a run
+/// with its backlog probe) under a deadline the launcher enforces (shmem::stop_overdue_workers).
+fn watched<R>(f: impl FnOnce() -> R) -> R {
+    let limit = settings::statement_timeout() + DEADLINE_GRACE;
+    crate::shmem::set_deadline(Some(history::unix_now() + limit.as_secs_f64()));
+    let result = f();
+    crate::shmem::set_deadline(None);
+    result
+}
+
+/// Disables the target a previous worker of this database was stopped in (its owner's code
+/// went on past the statement timeout's cancel), so this worker does not run it again: an
+/// `error` run says why, and a WARNING.
+fn disable_stuck_target() {
+    let relid = crate::shmem::take_stuck();
+    if relid == 0 {
+        return;
+    }
+    let disabled = in_transaction(|| {
+        pinned(|| {
+            if installed_version().as_deref() != Some(LIBRARY_VERSION) {
+                return None;
+            }
+            let registered = target::load(Some(pg_sys::Oid::from(relid)))
+                .into_iter()
+                .next()?;
+            let e = ReaperError::Runaway {
+                table: registered.name.clone(),
+                timeout: settings::statement_timeout(),
+            };
+            crate::registry::set_enabled(registered.id, false);
+            let run = Run {
+                target: &registered,
+                trigger: "worker",
+                started_at: history::unix_now(),
+                progress: Progress::default(),
+                status: Status::Error,
+                error: Some(e.message()),
+                complete: false,
+            };
+            history::record(&run);
+            Some(e)
+        })
+    });
+    match disabled {
+        Ok(Some(e)) => warn(
+            e.sqlstate(),
+            &format!(
+                "session_reaper: {}; {}",
+                e.message(),
+                e.hint().unwrap_or_default()
+            ),
+        ),
+        Ok(None) => {}
+        Err((code, message)) => warn(
+            code,
+            &format!("session_reaper: disabling a runaway target: {message}"),
+        ),
+    }
+}
+
 /// Records, as `interrupted`, the runs a previous worker of this database was stopped in the
 /// middle of (a shutdown, a crash), before this one runs anything.
 fn record_interrupted_runs() {
@@ -472,7 +538,7 @@ fn finish(running: Running, end: TurnEnd) -> bool {
         error,
         complete,
     };
-    let recorded = in_transaction(|| pinned(|| history::record(&run)));
+    let recorded = watched(|| in_transaction(|| pinned(|| history::record(&run))));
     if let Err((code, message)) = &recorded {
         warn(
             *code,
@@ -484,8 +550,9 @@ fn finish(running: Running, end: TurnEnd) -> bool {
     }
     if let (Ok(t), Some(share)) = (&running.target.target, settings::analyze_after()) {
         if running.progress.rows > 0 {
-            let analyzed =
-                in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)));
+            let analyzed = watched(|| {
+                in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)))
+            });
             if let Err((code, message)) = analyzed {
                 warn(
                     code,
@@ -526,10 +593,12 @@ fn analyze_if_large(t: &Target, rows: i64, share: f64) {
 /// sixth of its rows/s.
 fn prune_behind(t: &Target, pages: (u32, u64)) {
     let started = Instant::now();
-    let pruned = in_transaction(|| {
-        pinned(|| {
-            with_statement_timeout(settings::statement_timeout(), || {
-                reap::prune_pages(t, pages)
+    let pruned = watched(|| {
+        in_transaction(|| {
+            pinned(|| {
+                with_statement_timeout(settings::statement_timeout(), || {
+                    reap::prune_pages(t, pages)
+                })
             })
         })
     });

@@ -420,3 +420,53 @@ fn the_database_owner_can_dump_its_database() {
     );
     assert!(dump.contains("reaper_target"), "the dump holds the targets");
 }
+
+/// Review of issue 17: code of a table's owner that catches the statement timeout's cancel and
+/// goes on (a trigger looping in an exception block) cannot hold the database's only worker:
+/// the launcher stops the worker past the timeout's grace, the next worker disables that
+/// target, saying why, and the other targets are reaped again.
+#[test]
+fn a_batch_that_swallows_its_cancel_is_stopped_and_its_target_disabled() {
+    let (pg, mut db) = with_reaper(
+        "trust_runaway",
+        &["reaper.interval = '1s'", "reaper.statement_timeout = '1s'"],
+    );
+    sessions_table(&mut db, "stubborn", 10, 1);
+    db.batch_execute(
+        "CREATE FUNCTION hold_on() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             LOOP
+               BEGIN PERFORM pg_sleep(0.1); EXCEPTION WHEN query_canceled THEN NULL; END;
+             END LOOP;
+           END $$;
+         CREATE TRIGGER hold BEFORE DELETE ON stubborn FOR EACH ROW EXECUTE FUNCTION hold_on();
+         SELECT reaper_register('stubborn');",
+    )
+    .unwrap();
+    let first = pg.worker_pid("postgres");
+    wait_until(
+        "the stubborn target is disabled",
+        Duration::from_secs(60),
+        || {
+            count(
+                &mut db,
+                "SELECT count(*) FROM reaper_targets WHERE target = 'stubborn'::regclass AND NOT enabled",
+            ) == 1
+        },
+    );
+    let error: String = db
+        .query_one("SELECT last_error FROM reaper_stats()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        error.contains("reaper.statement_timeout"),
+        "the error says why: {error}"
+    );
+    assert_ne!(pg.worker_pid("postgres"), first, "the worker was replaced");
+    assert_eq!(expired(&mut db, "stubborn"), 10);
+    sessions_table(&mut db, "fine", 50, 1);
+    db.batch_execute("SELECT reaper_register('fine')").unwrap();
+    wait_until("the other target is reaped", SOON, || {
+        expired(&mut db, "fine") == 0
+    });
+}
