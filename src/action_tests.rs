@@ -7,15 +7,11 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::tests::tests::{assert_refused, count, error_of, registry, run, sessions_table};
+    use crate::tests::tests::{
+        assert_refused, count, error_of, registry, run, sessions_table, text,
+    };
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode::*;
-
-    fn text(sql: &str) -> String {
-        Spi::get_one::<String>(sql)
-            .expect("query runs")
-            .unwrap_or_default()
-    }
 
     /// Dead and live rows whose tokens say which they are; the ones that must stay start `live`.
     fn dead_and_live_sessions() {

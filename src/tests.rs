@@ -27,6 +27,13 @@ pub(crate) mod tests {
             .expect("a count")
     }
 
+    /// A single text value from a query ('' for NULL).
+    pub(crate) fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql)
+            .expect("query runs")
+            .unwrap_or_default()
+    }
+
     pub(crate) fn run(sql: &str) {
         Spi::run(sql).expect("statement runs");
     }

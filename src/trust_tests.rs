@@ -7,15 +7,9 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::tests::tests::{assert_refused, count, run, sessions_table};
+    use crate::tests::tests::{assert_refused, count, run, sessions_table, text};
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode::*;
-
-    fn text(sql: &str) -> String {
-        Spi::get_one::<String>(sql)
-            .expect("query runs")
-            .unwrap_or_default()
-    }
 
     /// alice's table with dead and live rows, and a function of hers that plants session-level
     /// settings: a search_path that puts her schema first, and a work_mem.

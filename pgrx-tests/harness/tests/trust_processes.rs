@@ -20,6 +20,13 @@ fn cluster_with_app(name: &str, conf: &[&str]) -> (Cluster, Client) {
     lines.extend_from_slice(conf);
     let pg = Cluster::start(name, &lines);
     let mut admin = pg.connect("postgres");
+    reaped_app(&pg, &mut admin, "app's worker drained its table");
+    (pg, admin)
+}
+
+/// Creates the database `app` with the extension and a registered `sessions` table, and waits
+/// (saying `what`) until its worker has drained it.
+fn reaped_app(pg: &Cluster, admin: &mut Client, what: &str) {
     admin.batch_execute("CREATE DATABASE app").unwrap();
     let mut app = pg.connect("app");
     app.batch_execute("CREATE EXTENSION session_reaper")
@@ -27,10 +34,7 @@ fn cluster_with_app(name: &str, conf: &[&str]) -> (Cluster, Client) {
     sessions_table(&mut app, "sessions", 100, 10);
     app.execute("SELECT reaper_register('sessions')", &[])
         .unwrap();
-    wait_until("app's worker drained its table", SOON, || {
-        expired(&mut app, "sessions") == 0
-    });
-    (pg, admin)
+    wait_until(what, SOON, || expired(&mut app, "sessions") == 0);
 }
 
 /// The pid of `dbname`'s worker now, or 0.
@@ -148,17 +152,8 @@ fn issue17_item8_databases_without_the_extension_hold_no_worker_slot() {
     let mut admin = pg.connect("postgres");
     empty_databases(&mut admin, "empty", 140);
     let started = Instant::now();
-    admin.batch_execute("CREATE DATABASE app").unwrap();
-    let mut app = pg.connect("app");
-    // Its commit makes the launcher look at all 142 databases.
-    app.batch_execute("CREATE EXTENSION session_reaper")
-        .unwrap();
-    sessions_table(&mut app, "sessions", 100, 10);
-    app.execute("SELECT reaper_register('sessions')", &[])
-        .unwrap();
-    wait_until("app, the 142nd database, is reaped", SOON, || {
-        expired(&mut app, "sessions") == 0
-    });
+    // Its CREATE EXTENSION makes the launcher look at all 142 databases.
+    reaped_app(&pg, &mut admin, "app, the 142nd database, is reaped");
     println!(
         "app was reaped {:?} after it was created",
         started.elapsed()
