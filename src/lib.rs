@@ -5,41 +5,16 @@
 
 use pgrx::prelude::*;
 
-mod action;
+// The layers, top to bottom; each uses only those below it.
+/// The SQL functions: registration, reaping now, stats, DDL event triggers.
 mod api;
-mod backlog;
-mod compat;
-mod cursor;
-mod ddl;
-mod errors;
-mod history;
-mod hooks;
-mod launcher;
-mod predicate;
-mod process;
+/// The reap itself: targets and their rules, the batches, their history.
 mod reap;
-mod registry;
-mod schedule;
-mod security;
-mod settings;
-mod shmem;
-mod sql;
-mod stats;
-mod target;
-mod txn;
+/// What every layer uses: settings, errors, SQL text, roles and settings scopes,
+/// transactions, shared memory, the hooks in every backend.
+mod shared;
+/// The background processes: the launcher and one worker per database.
 mod worker;
-
-#[cfg(any(test, feature = "pg_test"))]
-mod tests;
-
-#[cfg(any(test, feature = "pg_test"))]
-mod action_tests;
-
-#[cfg(any(test, feature = "pg_test"))]
-mod trust_tests;
-
-#[cfg(any(test, feature = "pg_test"))]
-mod ddl_tests;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -64,10 +39,10 @@ pub extern "C-unwind" fn _PG_init() {
         .set_hint("Add session_reaper to shared_preload_libraries in postgresql.conf and restart the server.")
         .report(pgrx::PgLogLevel::ERROR);
     }
-    settings::init();
-    shmem::init();
-    hooks::init();
-    launcher::register();
+    shared::settings::init();
+    shared::shmem::init();
+    shared::hooks::init();
+    worker::launcher::register();
 }
 
 /// Required by `cargo pgrx test`: settings for the throwaway test cluster.

@@ -1,6 +1,6 @@
 //! Who may do what, end to end: real login roles over their own connections, the worker acting
 //! as the table's owner, and hostile objects planted on the search path. (The `#[pg_test]`s in
-//! src/tests.rs check the same refusals with SET ROLE inside one transaction; here the history
+//! src/api/tests.rs check the same refusals with SET ROLE inside one transaction; here the history
 //! rows come from the worker and every role has its own session, temporary schema included.)
 
 use session_reaper_harness::{count, error_of, sessions_table, wait_until, with_reaper, SOON};

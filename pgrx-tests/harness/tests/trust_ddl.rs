@@ -1,6 +1,6 @@
 //! Targets under DDL on a real cluster (issue 17 items 6 and 15): what the worker, pg_dump and a
 //! restore see after DROP TABLE, and the WARNING a client gets when a rename disables a target.
-//! (The `#[pg_test]`s in src/ddl_tests.rs check the same rules inside one transaction.)
+//! (The `#[pg_test]`s in src/api/ddl_tests.rs check the same rules inside one transaction.)
 
 use postgres::{Client, Config, NoTls};
 use session_reaper_harness::{count, pg_bin, sessions_table, wait_until, with_reaper, SOON};

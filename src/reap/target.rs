@@ -5,11 +5,11 @@
 //! type is looked up on every load, so a column that was dropped, renamed or retyped after
 //! registration shows up as an error of that target instead of a wrong delete.
 
-use crate::action::{self, Action};
-use crate::errors::ReaperError;
-use crate::schedule::Schedule;
-use crate::security::as_role;
-use crate::sql::{ext_owner, ext_schema, quote_ident, quote_literal};
+use crate::reap::action::{self, Action};
+use crate::reap::schedule::Schedule;
+use crate::shared::errors::ReaperError;
+use crate::shared::security::as_role;
+use crate::shared::sql::{ext_owner, ext_schema, quote_ident, quote_literal};
 use pgrx::prelude::*;
 
 /// How the expiry column's values become points in time.
@@ -300,7 +300,7 @@ impl Target {
     pub fn batch_size(&self) -> i64 {
         self.batch_size
             .map(i64::from)
-            .unwrap_or_else(crate::settings::batch_size)
+            .unwrap_or_else(crate::shared::settings::batch_size)
     }
 
     /// The point in time before which a row is dead: now() minus grace (and ttl).

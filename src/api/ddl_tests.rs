@@ -7,7 +7,9 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::tests::tests::{assert_refused, count, error_of, registry, run, sessions_table};
+    use crate::api::tests::tests::{
+        assert_refused, count, error_of, registry, run, sessions_table,
+    };
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode::*;
 
@@ -231,7 +233,7 @@ mod tests {
     #[pg_test]
     fn sealed_settings_undo_session_level_changes() {
         let before = setting("work_mem");
-        crate::ddl::sealed_settings(|| run("SELECT set_config('work_mem', '4321kB', false)"));
+        crate::api::ddl::sealed_settings(|| run("SELECT set_config('work_mem', '4321kB', false)"));
         assert_eq!(setting("work_mem"), before);
     }
 }

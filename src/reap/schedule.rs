@@ -2,7 +2,7 @@
 //! expression read in UTC (`'0 4 * * *'`). Cron parsing is the `croner` crate's, with seconds
 //! and years refused so the syntax is the classic five fields a DBA knows from crontab.
 
-use crate::errors::catch_pg_error;
+use crate::shared::errors::catch_pg_error;
 use chrono::{DateTime, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -30,7 +30,7 @@ impl Schedule {
                 interval_duration(text).map(|every| Self::Every(every.max(Duration::from_secs(1))))
             }
         });
-        own.unwrap_or_else(|| Self::Every(crate::settings::interval()))
+        own.unwrap_or_else(|| Self::Every(crate::shared::settings::interval()))
     }
 
     /// The next run after one that started at `last` (Unix seconds). A target that never ran

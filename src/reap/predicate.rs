@@ -9,8 +9,8 @@
 //! 2. Meaning: the condition is planned against the table as the table's owner, which catches
 //!    unknown columns, wrong types and objects the owner may not read.
 
-use crate::errors::{catch_pg_error, ReaperError};
-use crate::security::as_role;
+use crate::shared::errors::{catch_pg_error, ReaperError};
+use crate::shared::security::as_role;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::ffi::CString;

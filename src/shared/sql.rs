@@ -5,8 +5,8 @@
 //! `search_path` pinned to `pg_catalog, pg_temp` (see [`pinned`]), so a function or operator
 //! someone planted earlier on the caller's path is never picked up.
 
-use crate::errors::ReaperError;
-use crate::security::with_settings;
+use crate::shared::errors::ReaperError;
+use crate::shared::security::with_settings;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 

@@ -6,11 +6,11 @@
 //! and costs one row per target however long the history is. `reaper.log_history` decides
 //! which runs get a history row; the counters are kept either way.
 
-use crate::reap::Progress;
-use crate::security::as_role;
-use crate::settings::{self, LogHistory};
-use crate::sql::{ext_owner, ext_schema};
-use crate::target::Registered;
+use crate::reap::batch::Progress;
+use crate::reap::target::Registered;
+use crate::shared::security::as_role;
+use crate::shared::settings::{self, LogHistory};
+use crate::shared::sql::{ext_owner, ext_schema};
 use pgrx::prelude::*;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -73,12 +73,12 @@ pub fn record(run: &Run) -> f64 {
     // looking would cost an index walk over every entry it just deleted (205 ms after 500,000
     // rows, measured), so only a run that stopped early is measured, as the table's owner.
     let backlog = match (&run.target.target, run.complete) {
-        (Ok(_), true) => crate::backlog::Backlog {
+        (Ok(_), true) => crate::reap::backlog::Backlog {
             rows: Some(0),
             oldest_expiry: None,
         },
-        (Ok(t), false) => crate::backlog::measure(t),
-        (Err(_), _) => crate::backlog::Backlog::default(),
+        (Ok(t), false) => crate::reap::backlog::measure(t),
+        (Err(_), _) => crate::reap::backlog::Backlog::default(),
     };
     let query = format!(
         "WITH r AS (SELECT gen_random_uuid() AS run_id, to_timestamp($4) AS started_at,

@@ -1,5 +1,5 @@
 //! launcher.rs — the one static background worker: it finds the databases that may have
-//! session_reaper and keeps one database worker (worker.rs) running in each.
+//! session_reaper and keeps one database worker (database.rs) running in each.
 //!
 //! It connects to no database, so it blocks no DROP DATABASE and needs no database name;
 //! it reads the shared catalog pg_database directly. A database worker that finds no extension
@@ -8,8 +8,8 @@
 //! EXTENSION session_reaper (hooks.rs asks for a rescan). A worker that exits with an error is
 //! started again after a back-off (shmem.rs). New databases are picked up by a periodic rescan.
 
-use crate::settings;
-use crate::shmem::{
+use crate::shared::settings;
+use crate::shared::shmem::{
     Shared, Slot, WorkerState, CREATE_RING, DROPPING_HOLD_SECS, MAX_WORKERS, SHARED,
 };
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
@@ -53,7 +53,7 @@ struct Database {
 pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
     // SAFETY: standard background worker start-up.
     unsafe {
-        crate::process::handle_signals();
+        crate::worker::process::handle_signals();
         pg_sys::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), 0);
     }
     SHARED.exclusive().launcher_pid = unsafe { pg_sys::MyProcPid };
@@ -63,11 +63,12 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
         if asked || launcher.scan_due() {
             launcher.scan();
         }
-        let next_deadline = crate::shmem::stop_overdue_workers(crate::history::unix_now());
+        let next_deadline =
+            crate::shared::shmem::stop_overdue_workers(crate::reap::history::unix_now());
         let sleep = launcher
             .until_next_scan()
             .min(next_deadline.unwrap_or(Duration::MAX));
-        crate::process::sleep_unless(sleep, || SHARED.share().rescan);
+        crate::worker::process::sleep_unless(sleep, || SHARED.share().rescan);
     }
 }
 
@@ -141,7 +142,7 @@ impl Launcher {
                 Reserve::Reserved { failures } => self.start(db, failures),
                 Reserve::NotNeeded => {}
                 Reserve::BackingOff(retry_at) => {
-                    let wait = (retry_at - crate::history::unix_now()).max(0.0);
+                    let wait = (retry_at - crate::reap::history::unix_now()).max(0.0);
                     self.scan_no_later_than(Instant::now() + Duration::from_secs_f64(wait));
                 }
                 Reserve::Full { settling: true } => {
@@ -166,7 +167,7 @@ impl Launcher {
                     .iter()
                     .any(|(db, at)| *db == slot.database && at.elapsed() > START_TIMEOUT);
             let drop_over = slot.state == WorkerState::Dropping
-                && crate::history::unix_now() as u64 > slot.since + DROPPING_HOLD_SECS;
+                && crate::reap::history::unix_now() as u64 > slot.since + DROPPING_HOLD_SECS;
             if slot.pid == 0 && (!present.contains(&slot.database) || stale_start || drop_over) {
                 *slot = Default::default();
             }
@@ -227,7 +228,7 @@ impl Launcher {
             if slot.state != WorkerState::Backoff {
                 return Reserve::NotNeeded;
             }
-            if slot.retry_at > crate::history::unix_now() {
+            if slot.retry_at > crate::reap::history::unix_now() {
                 return Reserve::BackingOff(slot.retry_at);
             }
             slot.state = WorkerState::Starting;
@@ -263,7 +264,7 @@ impl Launcher {
                         "session_reaper: starting the worker for database \"{}\" again after {} error exits in a row (the last waited {} s)",
                         db.name,
                         failures,
-                        crate::shmem::backoff(failures).as_secs()
+                        crate::shared::shmem::backoff(failures).as_secs()
                     );
                 }
             }

@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 pub(crate) mod tests {
-    use crate::txn::in_subtransaction;
+    use crate::shared::txn::in_subtransaction;
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode;
     use pgrx::PgSqlErrorCode::*;
@@ -405,12 +405,12 @@ pub(crate) mod tests {
     fn a_page_range_at_the_largest_block_number_is_valid_sql() {
         sessions_table();
         run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 hour')");
-        let last = crate::cursor::page_range(u32::MAX - 1, u64::from(u32::MAX) + 8192);
+        let last = crate::reap::cursor::page_range(u32::MAX - 1, u64::from(u32::MAX) + 8192);
         assert_eq!(
             count(&format!("SELECT count(*) FROM sessions WHERE {last}")),
             0
         );
-        let all = crate::cursor::page_range(0, u64::from(u32::MAX) + 8192);
+        let all = crate::reap::cursor::page_range(0, u64::from(u32::MAX) + 8192);
         assert_eq!(
             count(&format!("SELECT count(*) FROM sessions WHERE {all}")),
             1
@@ -434,7 +434,10 @@ pub(crate) mod tests {
         let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'sessions'::regclass::oid")
             .unwrap()
             .unwrap();
-        let target = crate::target::load(Some(relid)).remove(0).target.unwrap();
+        let target = crate::reap::target::load(Some(relid))
+            .remove(0)
+            .target
+            .unwrap();
         let plan_of = |statement: String| {
             Spi::explain(&statement)
                 .expect("the batch statement plans")
@@ -442,11 +445,11 @@ pub(crate) mod tests {
                 .to_string()
         };
         // The pick still reads the dead rows through the index; the DELETE takes them by ctid.
-        let expiry = crate::cursor::Cursor::Expiry(None).statement(&target, 1000, false);
+        let expiry = crate::reap::cursor::Cursor::Expiry(None).statement(&target, 1000, false);
         let plan = plan_of(expiry);
         assert!(plan.contains(r#""Node Type":"Tid Scan""#), "{plan}");
         assert!(plan.contains(r#""Node Type":"Index Scan""#), "{plan}");
-        let pages = crate::cursor::Cursor::Pages {
+        let pages = crate::reap::cursor::Cursor::Pages {
             next: 0,
             span: 20,
             end: 200,
@@ -484,9 +487,12 @@ pub(crate) mod tests {
         let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'tokens'::regclass::oid")
             .unwrap()
             .unwrap();
-        let target = crate::target::load(Some(relid)).remove(0).target.unwrap();
-        let statement =
-            crate::cursor::Cursor::first(&target, 1000, false).statement(&target, 1000, false);
+        let target = crate::reap::target::load(Some(relid))
+            .remove(0)
+            .target
+            .unwrap();
+        let statement = crate::reap::cursor::Cursor::first(&target, 1000, false)
+            .statement(&target, 1000, false);
         let plan = Spi::explain(&statement)
             .expect("the batch statement plans")
             .0

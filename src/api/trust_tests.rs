@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::tests::tests::{assert_refused, count, run, sessions_table, text};
+    use crate::api::tests::tests::{assert_refused, count, run, sessions_table, text};
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode::*;
 

@@ -6,8 +6,8 @@
 //! cursor's batch and the target's dead-row condition (cursor.rs), so the expiry re-check that
 //! keeps refreshed rows alive is the same for all of them.
 
-use crate::errors::ReaperError;
-use crate::target::Target;
+use crate::reap::target::Target;
+use crate::shared::errors::ReaperError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::ffi::CString;
@@ -156,7 +156,7 @@ pub fn check_archive(
         &[relid.into(), archive.into()],
     )
     .expect("comparing the archive table");
-    let archive_name = crate::sql::relation_name(archive);
+    let archive_name = crate::shared::sql::relation_name(archive);
     if let Some(reason) = problem {
         return Err(ReaperError::ArchiveMismatch {
             table: target.to_string(),
@@ -174,7 +174,7 @@ pub fn check_archive(
         return Err(ReaperError::ArchiveNoInsert {
             table: target.to_string(),
             archive: archive_name,
-            owner: crate::sql::role_name(owner),
+            owner: crate::shared::sql::role_name(owner),
         });
     }
     Ok(())
@@ -202,7 +202,7 @@ pub fn check_update_set(
             "it is not a single SET list such as 'ended_at = now()'".into(),
         )));
     }
-    crate::predicate::plans_as(owner, &statement).map_err(bad)
+    crate::reap::predicate::plans_as(owner, &statement).map_err(bad)
 }
 
 /// Whether the parser reads `sql` as exactly one UPDATE with a constant WHERE and no FROM,
@@ -214,7 +214,7 @@ fn parses_as_plain_update(sql: &str) -> Result<bool, (PgSqlErrorCode, String)> {
             "it contains a NUL byte".to_string(),
         )
     })?;
-    crate::predicate::parses_as(
+    crate::reap::predicate::parses_as(
         &sql,
         pg_sys::NodeTag::T_UpdateStmt,
         |update: &pg_sys::UpdateStmt| {
@@ -318,10 +318,9 @@ fn upper_bound(bound: &str) -> Option<&str> {
 /// Whether the value just below `upper` (a literal of the column's type) is dead.
 fn all_dead_below(target: &Target, upper: &str) -> bool {
     let step = match target.kind {
-        crate::target::ColumnKind::Timestamptz | crate::target::ColumnKind::Timestamp => {
-            "'1 microsecond'::interval"
-        }
-        crate::target::ColumnKind::Date | crate::target::ColumnKind::Epoch => "1",
+        crate::reap::target::ColumnKind::Timestamptz
+        | crate::reap::target::ColumnKind::Timestamp => "'1 microsecond'::interval",
+        crate::reap::target::ColumnKind::Date | crate::reap::target::ColumnKind::Epoch => "1",
     };
     let below = format!("(({upper})::{} - {step})", target.column_type);
     Spi::get_one::<bool>(&format!("SELECT {}", target.dead_condition_of(&below)))

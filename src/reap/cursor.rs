@@ -16,9 +16,9 @@
 //! (see `recheck`). No row lock is taken first: `FOR UPDATE SKIP LOCKED` writes a lock record
 //! per row (measured: 11-19% more WAL).
 
-use crate::action::Action;
-use crate::sql::{quote_ident, quote_literal};
-use crate::target::Target;
+use crate::reap::action::Action;
+use crate::reap::target::Target;
+use crate::shared::sql::{quote_ident, quote_literal};
 use pgrx::prelude::*;
 
 /// Dead rows at or above this share of the table's rows make a run walk pages.
@@ -121,7 +121,7 @@ impl Cursor {
                     // The common case, as plain as one big DELETE: its row count is the
                     // statement's own (a RETURNING CTE cost ~20% more per row, measured).
                     Action::Delete | Action::DropPartitions => {
-                        crate::action::delete(&table, &which)
+                        crate::reap::action::delete(&table, &which)
                     }
                     _ => format!(
                         "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {} FROM gone",

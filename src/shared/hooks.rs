@@ -13,7 +13,7 @@
 //! Requests are kept in backend-local flags and acted on by a transaction callback at commit
 //! (a worker woken before the commit would see the old state); an abort drops them.
 
-use crate::shmem::{self, Slot, WorkerState, SHARED};
+use crate::shared::shmem::{self, Slot, WorkerState, SHARED};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -193,7 +193,7 @@ unsafe fn droppable_by_me(dbname: *const std::ffi::c_char) -> Option<pg_sys::Oid
 /// Marks the database as being dropped, so the launcher starts no worker there meanwhile;
 /// returns the pid of its running worker, or 0.
 fn mark_dropping(database: u32) -> i32 {
-    let since = crate::history::unix_now() as u64;
+    let since = crate::reap::history::unix_now() as u64;
     let dropping = Slot {
         database,
         state: WorkerState::Dropping,

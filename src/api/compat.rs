@@ -7,8 +7,8 @@
 //! old symbols here with the error that says to update. Functions whose signature did not change raise the same error from
 //! `sql::ext_schema`.
 
-use crate::errors::ReaperError;
-use crate::sql::installed_version;
+use crate::shared::errors::ReaperError;
+use crate::shared::sql::installed_version;
 use pgrx::prelude::*;
 
 fn old_objects() -> ! {

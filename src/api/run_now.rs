@@ -1,17 +1,17 @@
-//! api.rs — `reaper_purge` and `reaper_dry_run`: the reap run now, or described without
+//! run_now.rs — `reaper_purge` and `reaper_dry_run`: the reap run now, or described without
 //! running it. Both act on one target or, given NULL, on every enabled target the caller may
 //! manage; both run as the table's owner.
 
-use crate::action::{self, Action};
-use crate::cursor::Cursor;
-use crate::errors::ReaperError;
-use crate::history::{self, Run, Status};
-use crate::reap::{self, Progress};
-use crate::registry::managed_target;
-use crate::security::{as_role, may_manage, with_settings};
-use crate::sql::pinned;
-use crate::target::{self, Registered, Target};
-use crate::txn::in_subtransaction;
+use crate::api::registry::managed_target;
+use crate::reap::action::{self, Action};
+use crate::reap::batch::{self, Progress};
+use crate::reap::cursor::Cursor;
+use crate::reap::history::{self, Run, Status};
+use crate::reap::target::{self, Registered, Target};
+use crate::shared::errors::ReaperError;
+use crate::shared::security::{as_role, may_manage, with_settings};
+use crate::shared::sql::pinned;
+use crate::shared::txn::in_subtransaction;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -25,7 +25,8 @@ fn chosen_targets(relid: Option<pg_sys::Oid>, action: &'static str) -> Vec<Regis
         None => target::load(None)
             .into_iter()
             .filter(|r| {
-                r.enabled && may_manage(r.owner.unwrap_or(crate::security::superuser_role()))
+                r.enabled
+                    && may_manage(r.owner.unwrap_or(crate::shared::security::superuser_role()))
             })
             .collect(),
     }
@@ -82,7 +83,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
         Err(e) => (Progress::default(), Status::Error, Some(e.message())),
         Ok(t) if max_rows.is_some_and(|m| m <= 0) => (Progress::default(), Status::Skipped, None),
         Ok(t) => match in_subtransaction(|| {
-            reap::try_lock(t).then(|| reap::delete_until_done(t, max_rows))
+            batch::try_lock(t).then(|| batch::delete_until_done(t, max_rows))
         }) {
             Ok(Some(progress)) => (progress, Status::Ok, None),
             Ok(None) => (
@@ -99,7 +100,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
                 .report(PgLogLevel::WARNING);
                 (
                     Progress::default(),
-                    reap::failure_status(code),
+                    batch::failure_status(code),
                     Some(message),
                 )
             }
@@ -254,9 +255,9 @@ fn reaper_wake_v3(target: Option<pg_sys::Oid>) -> i64 {
             .collect();
         if !ids.is_empty() {
             history::request_wake(&ids);
-            crate::hooks::wake_worker_at_commit();
+            crate::shared::hooks::wake_worker_at_commit();
         }
-        if !crate::shmem::has_worker(unsafe { pg_sys::MyDatabaseId }.to_u32()) {
+        if !crate::shared::shmem::has_worker(unsafe { pg_sys::MyDatabaseId }.to_u32()) {
             pgrx::notice!(
                 "this database has no session_reaper worker running: the targets run when it starts"
             );

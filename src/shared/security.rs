@@ -7,7 +7,7 @@
 //! extension's own tables run as the extension's owner. Both switches are undone when the block
 //! ends, by error or not, so the caller's transaction continues as the caller.
 
-use crate::errors::ReaperError;
+use crate::shared::errors::ReaperError;
 use pgrx::pg_sys;
 use std::ffi::CString;
 

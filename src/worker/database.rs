@@ -1,4 +1,4 @@
-//! worker.rs — the reaper of one database: a background worker that sleeps on its latch until
+//! database.rs — the reaper of one database: a background worker that sleeps on its latch until
 //! a target is due, then reaps the due targets round-robin, a transaction per batch.
 //!
 //! Signals are Postgres' own: SIGHUP sets ConfigReloadPending (settings are re-read at the top
@@ -7,17 +7,17 @@
 //! The launcher starts this worker (launcher.rs) and never lets the postmaster restart it: a
 //! worker whose database lost the extension or was dropped simply stays gone.
 
-use crate::cursor::Cursor;
-use crate::errors::ReaperError;
-use crate::history::{self, Run, Status};
-use crate::process::{pause, reload_settings_if_asked, sleep_unless};
-use crate::reap::{self, Batch, Locked, Progress};
-use crate::security::{as_role, with_settings};
-use crate::settings;
-use crate::shmem::{claim_slot, leave_for_lack_of_extension, WorkerState, SHARED};
-use crate::sql::{installed_version, pinned, LIBRARY_VERSION};
-use crate::target::{self, Registered, Target};
-use crate::txn::{in_transaction, with_statement_timeout};
+use crate::reap::batch::{self, Batch, Locked, Progress};
+use crate::reap::cursor::Cursor;
+use crate::reap::history::{self, Run, Status};
+use crate::reap::target::{self, Registered, Target};
+use crate::shared::errors::ReaperError;
+use crate::shared::security::{as_role, with_settings};
+use crate::shared::settings;
+use crate::shared::shmem::{claim_slot, leave_for_lack_of_extension, WorkerState, SHARED};
+use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
+use crate::shared::txn::{in_transaction, with_statement_timeout};
+use crate::worker::process::{pause, reload_settings_if_asked, sleep_unless};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -44,7 +44,7 @@ pub extern "C-unwind" fn session_reaper_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     // SAFETY: standard background worker start-up, before any other work.
     unsafe {
-        crate::process::handle_signals();
+        crate::worker::process::handle_signals();
         pg_sys::BackgroundWorkerInitializeConnectionByOid(database, pg_sys::InvalidOid, 0);
         pg_sys::pgstat_report_appname(c"session_reaper worker".as_ptr());
     }
@@ -53,7 +53,7 @@ pub extern "C-unwind" fn session_reaper_worker_main(arg: pg_sys::Datum) {
     }
     unsafe {
         pg_sys::before_shmem_exit(
-            Some(crate::shmem::release_slot),
+            Some(crate::shared::shmem::release_slot),
             pg_sys::Datum::from(database.to_u32()),
         )
     };
@@ -163,7 +163,7 @@ impl Worker {
         disable_stuck_target();
         record_interrupted_runs();
         loop {
-            crate::process::check_for_interrupts();
+            crate::worker::process::check_for_interrupts();
             reload_settings_if_asked();
             wake_request(true);
             let generation = SHARED.share().generation;
@@ -322,7 +322,7 @@ impl Worker {
     /// Deletes history older than `reaper.history_retention`, in batches, once an hour — and
     /// right after a reload, which may have shortened the retention.
     fn prune_history(&mut self) {
-        let reloaded = crate::process::take_reloaded();
+        let reloaded = crate::worker::process::take_reloaded();
         if !reloaded && self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
             return;
         }
@@ -367,8 +367,8 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
         .as_ref()
         .filter(|_| now.updated_at == running.target.updated_at);
     let batch = with_statement_timeout(settings::statement_timeout(), || {
-        reap::try_lock(t)
-            .then(|| reap::delete_batch(t, t.batch_size(), cursor, false, running.locked))
+        batch::try_lock(t)
+            .then(|| batch::delete_batch(t, t.batch_size(), cursor, false, running.locked))
     });
     if let Some(batch) = &batch {
         let mut progress = running.progress;
@@ -386,9 +386,9 @@ pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(5);
 /// with its backlog probe) under a deadline the launcher enforces (shmem::stop_overdue_workers).
 fn watched<R>(f: impl FnOnce() -> R) -> R {
     let limit = settings::statement_timeout() + DEADLINE_GRACE;
-    crate::shmem::set_deadline(Some(history::unix_now() + limit.as_secs_f64()));
+    crate::shared::shmem::set_deadline(Some(history::unix_now() + limit.as_secs_f64()));
     let result = f();
-    crate::shmem::set_deadline(None);
+    crate::shared::shmem::set_deadline(None);
     result
 }
 
@@ -396,7 +396,7 @@ fn watched<R>(f: impl FnOnce() -> R) -> R {
 /// went on past the statement timeout's cancel), so this worker does not run it again: an
 /// `error` run says why, and a WARNING.
 fn disable_stuck_target() {
-    let relid = crate::shmem::take_stuck();
+    let relid = crate::shared::shmem::take_stuck();
     if relid == 0 {
         return;
     }
@@ -412,7 +412,7 @@ fn disable_stuck_target() {
                 table: registered.name.clone(),
                 timeout: settings::statement_timeout(),
             };
-            crate::registry::set_enabled(registered.id, false);
+            crate::api::registry::set_enabled(registered.id, false);
             let run = Run {
                 target: &registered,
                 trigger: "worker",
@@ -520,7 +520,7 @@ fn outcome(name: &str, end: TurnEnd) -> (Status, Option<String>) {
         ),
         TurnEnd::Failed(code, message) => {
             warn(code, &format!("session_reaper: {name}: {message}"));
-            (reap::failure_status(code), Some(message))
+            (batch::failure_status(code), Some(message))
         }
     }
 }
@@ -586,7 +586,7 @@ fn analyze_if_large(t: &Target, rows: i64, share: f64) {
 }
 
 /// Prunes the pages a committed batch covered, in a transaction of its own (see
-/// reap::prune_pages). Only a saving for the application's queries, so a failure does not end
+/// batch::prune_pages). Only a saving for the application's queries, so a failure does not end
 /// the run: a lock timeout (DDL waiting on the table) is expected and logged at DEBUG1, anything
 /// else (a cancel, a statement timeout, a dropped table) is a WARNING with its SQLSTATE.
 /// A flat-out run (batch_delay = 0, no max_rows_per_second) skips it: it cost one about a
@@ -597,7 +597,7 @@ fn prune_behind(t: &Target, pages: (u32, u64)) {
         in_transaction(|| {
             pinned(|| {
                 with_statement_timeout(settings::statement_timeout(), || {
-                    reap::prune_pages(t, pages)
+                    batch::prune_pages(t, pages)
                 })
             })
         })

@@ -5,11 +5,11 @@
 //! changes nothing. A table has at most one target: registering it again replaces the rule
 //! (all options take the values of the new call), keeping the target's id and its history.
 
-use crate::errors::{catch_pg_error, OrRaise, ReaperError};
-use crate::security::{as_role, check_owner, with_settings};
-use crate::sql::{ext_owner, ext_schema, pinned, quote_ident};
-use crate::target::{check_relkind, ColumnKind};
-use crate::{action, predicate, target};
+use crate::reap::target::{check_relkind, ColumnKind};
+use crate::reap::{action, predicate, target};
+use crate::shared::errors::{catch_pg_error, OrRaise, ReaperError};
+use crate::shared::security::{as_role, check_owner, with_settings};
+use crate::shared::sql::{ext_owner, ext_schema, pinned, quote_ident};
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -120,7 +120,7 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
         });
     }
     if let Some(schedule) = opts.schedule {
-        crate::schedule::validate(schedule).map_err(|reason| ReaperError::BadSchedule {
+        crate::reap::schedule::validate(schedule).map_err(|reason| ReaperError::BadSchedule {
             table: name(),
             schedule: schedule.to_string(),
             reason,
@@ -309,7 +309,7 @@ fn reaper_register_v2(
             update_set,
         };
         let timezone = validate(&table, &opts).or_raise();
-        crate::hooks::wake_worker_at_commit();
+        crate::shared::hooks::wake_worker_at_commit();
         upsert(&table, &opts, timezone)
     })
 }
@@ -328,14 +328,14 @@ pub fn managed_target(relid: pg_sys::Oid, action: &'static str) -> target::Regis
         .next()
         .unwrap_or_else(|| {
             ReaperError::NotRegistered {
-                table: crate::sql::relation_name(relid),
+                table: crate::shared::sql::relation_name(relid),
             }
             .raise()
         });
     // A target whose table is gone has no owner left to ask: only a superuser may clean it up.
     let owner = registered
         .owner
-        .unwrap_or(crate::security::superuser_role());
+        .unwrap_or(crate::shared::security::superuser_role());
     check_owner(&registered.name, owner, action).or_raise();
     registered
 }
@@ -346,7 +346,7 @@ fn reaper_unregister(target: Option<pg_sys::Oid>) {
     let target = given(target, "reaper_unregister", "target");
     pinned(|| {
         let registered = managed_target(target, "unregister");
-        crate::hooks::wake_worker_at_commit();
+        crate::shared::hooks::wake_worker_at_commit();
         let query = format!("DELETE FROM {}.reaper_target WHERE id = $1", ext_schema());
         as_role(ext_owner(), || {
             Spi::run_with_args(&query, &[registered.id.into()])
@@ -369,7 +369,7 @@ fn reaper_enable(target: Option<pg_sys::Oid>, enabled: Option<bool>) {
 /// Switches target `id` on or off, as the extension's owner (the caller's rights are checked
 /// before), and has the worker look again at commit.
 pub fn set_enabled(id: i64, enabled: bool) {
-    crate::hooks::wake_worker_at_commit();
+    crate::shared::hooks::wake_worker_at_commit();
     let query = format!(
         "UPDATE {}.reaper_target SET enabled = $2, updated_at = now() WHERE id = $1",
         ext_schema()

@@ -1,4 +1,4 @@
-//! reap.rs — the reap itself: the one place that deletes rows. `reaper_purge` calls it now;
+//! batch.rs — the reap itself: the one place that deletes rows. `reaper_purge` calls it now;
 //! the background worker calls the same functions with a transaction per batch.
 //!
 //! A run of a target takes the target's advisory lock (so a purge and the worker never reap
@@ -7,13 +7,13 @@
 //! until the cursor says the run is done or the row budget is spent. Every batch re-checks the
 //! expiry condition inside its DELETE.
 
-use crate::action;
-use crate::cursor::{page_range, Cursor};
-use crate::errors::ReaperError;
-use crate::history::Status;
-use crate::security::{as_role, with_settings};
-use crate::settings;
-use crate::target::Target;
+use crate::reap::action;
+use crate::reap::cursor::{page_range, Cursor};
+use crate::reap::history::Status;
+use crate::reap::target::Target;
+use crate::shared::errors::ReaperError;
+use crate::shared::security::{as_role, with_settings};
+use crate::shared::settings;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::{Duration, Instant};

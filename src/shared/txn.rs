@@ -2,7 +2,7 @@
 //! reported while the caller's transaction, and the other targets, carry on (what a PL/pgSQL
 //! `BEGIN … EXCEPTION` block does).
 
-use crate::errors::catch_pg_error;
+use crate::shared::errors::catch_pg_error;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 /// Runs `f` in a subtransaction: committed into the caller's transaction when it succeeds,
@@ -40,7 +40,7 @@ pub fn in_transaction<R>(
 ) -> Result<R, (PgSqlErrorCode, String)> {
     // A cancel still pending from before (it came as the last transaction committed) was
     // meant for that one: it must not cancel this one. A SIGTERM ends the process here.
-    crate::process::check_for_interrupts();
+    crate::worker::process::check_for_interrupts();
     // SAFETY: called from the worker's main loop, outside any transaction.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();

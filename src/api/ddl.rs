@@ -15,15 +15,15 @@
 //! answers only inside an event trigger. Called any other way they fail, so they act on nothing
 //! but the DDL that fired them, and need neither SECURITY DEFINER nor a REVOKE.
 
-use crate::action::{self, Action};
-use crate::errors::ReaperError;
-use crate::predicate;
-use crate::security::{as_role, may_manage, with_settings};
-use crate::sql::{
+use crate::reap::action::{self, Action};
+use crate::reap::predicate;
+use crate::reap::target::{self, Registered};
+use crate::shared::errors::ReaperError;
+use crate::shared::security::{as_role, may_manage, with_settings};
+use crate::shared::sql::{
     ext_owner, ext_schema, installed_version, pinned, quote_literal, LIBRARY_VERSION,
 };
-use crate::target::{self, Registered};
-use crate::txn::in_subtransaction;
+use crate::shared::txn::in_subtransaction;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::panic::AssertUnwindSafe;
@@ -146,7 +146,7 @@ fn guard_archive_drops(schema: &str) {
         pgrx::warning!(
             "session_reaper: the target of table \"{table}\" is unregistered: its archive table \"{archive}\" was dropped"
         );
-        crate::hooks::wake_worker_at_commit();
+        crate::shared::hooks::wake_worker_at_commit();
     }
 }
 
@@ -171,7 +171,7 @@ fn forget_dropped_tables(schema: &str) {
         pgrx::notice!("session_reaper: table \"{table}\" was dropped: its target is unregistered");
     }
     if !forgotten.is_empty() {
-        crate::hooks::wake_worker_at_commit();
+        crate::shared::hooks::wake_worker_at_commit();
     }
 }
 
@@ -300,7 +300,7 @@ fn rule_of(table: &str, column: &str, predicate: Option<&str>) -> String {
 
 /// Switches a target off, as the extension's owner, with a WARNING naming it and the reason.
 fn disable(registered: &Registered, rule: String, reason: ReaperError) {
-    crate::registry::set_enabled(registered.id, false);
+    crate::api::registry::set_enabled(registered.id, false);
     ReaperError::DisabledByDdl {
         table: registered.name.clone(),
         rule,

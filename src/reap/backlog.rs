@@ -3,9 +3,9 @@
 //! `reaper_state`, so `reaper_stats()` reads one row per target and plans nothing: cheap to
 //! scrape with thousands of targets. `reaper_dry_run` counts the live truth when asked.
 
-use crate::security::{as_role, with_settings};
-use crate::target::Target;
-use crate::txn::{in_subtransaction, with_statement_timeout};
+use crate::reap::target::Target;
+use crate::shared::security::{as_role, with_settings};
+use crate::shared::txn::{in_subtransaction, with_statement_timeout};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
@@ -25,7 +25,7 @@ pub fn measure(t: &Target) -> Backlog {
     let oldest = format!(
         "SELECT (SELECT {} FROM {table} WHERE {dead} ORDER BY {} LIMIT 1)",
         t.expiry_expression(),
-        crate::sql::quote_ident(&t.column)
+        crate::shared::sql::quote_ident(&t.column)
     );
     let counted =
         format!("SELECT count(*) FROM (SELECT FROM {table} WHERE {dead} LIMIT {COUNT_UP_TO}) d");
@@ -35,7 +35,7 @@ pub fn measure(t: &Target) -> Backlog {
     ];
     // Bounded like a batch: a probe without an index scans the whole table.
     in_subtransaction(|| {
-        with_statement_timeout(crate::settings::statement_timeout(), || {
+        with_statement_timeout(crate::shared::settings::statement_timeout(), || {
             with_settings(&settings, || {
                 as_role(t.owner, || {
                     let oldest_expiry =

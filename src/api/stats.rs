@@ -7,9 +7,9 @@
 //! copied out through SPI and formed again (bench/README.md, "Idle and scale"). The backlog it
 //! shows is measured at the end of each run (backlog.rs), so scraping stays cheap.
 
-use crate::history::unix_now;
-use crate::schedule::Schedule;
-use crate::shmem::{Slot, WorkerState, SHARED};
+use crate::reap::history::unix_now;
+use crate::reap::schedule::Schedule;
+use crate::shared::shmem::{Slot, WorkerState, SHARED};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 

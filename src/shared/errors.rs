@@ -261,7 +261,7 @@ impl ReaperError {
             }
             Self::Runaway { table, timeout } => format!(
                 "target \"{table}\" is disabled: its batch went on {} s past reaper.statement_timeout ({} s), so the worker was stopped",
-                crate::worker::DEADLINE_GRACE.as_secs(),
+                crate::worker::database::DEADLINE_GRACE.as_secs(),
                 timeout.as_secs()
             ),
             Self::NothingRemoved { table } => format!(
@@ -272,7 +272,7 @@ impl ReaperError {
             ),
             Self::OldVersion { installed } => format!(
                 "extension \"session_reaper\" is at version {installed} in this database, but the loaded library is version {}",
-                crate::sql::LIBRARY_VERSION
+                crate::shared::sql::LIBRARY_VERSION
             ),
             Self::NullArgument { function, argument } => {
                 format!("{argument} must not be NULL in {function}")

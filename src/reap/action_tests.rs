@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::tests::tests::{
+    use crate::api::tests::tests::{
         assert_refused, count, error_of, registry, run, sessions_table, text,
     };
     use pgrx::prelude::*;

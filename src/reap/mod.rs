@@ -1,0 +1,14 @@
+//! The reap core: a target and its rule, how a run walks the table and what one batch runs,
+//! the actions, and the history of runs.
+
+pub mod action;
+pub mod backlog;
+pub mod batch;
+pub mod cursor;
+pub mod history;
+pub mod predicate;
+pub mod schedule;
+pub mod target;
+
+#[cfg(any(test, feature = "pg_test"))]
+pub mod action_tests;

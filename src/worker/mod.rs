@@ -1,0 +1,5 @@
+//! The background processes: the launcher (one per server) and the worker of each database.
+
+pub mod database;
+pub mod launcher;
+pub mod process;
