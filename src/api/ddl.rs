@@ -300,7 +300,7 @@ fn rule_of(table: &str, column: &str, predicate: Option<&str>) -> String {
 
 /// Switches a target off, as the extension's owner, with a WARNING naming it and the reason.
 fn disable(registered: &Registered, rule: String, reason: ReaperError) {
-    crate::api::registry::set_enabled(registered.id, false);
+    crate::reap::target::set_enabled(registered.id, false);
     ReaperError::DisabledByDdl {
         table: registered.name.clone(),
         rule,

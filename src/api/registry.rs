@@ -362,20 +362,6 @@ fn reaper_enable(target: Option<pg_sys::Oid>, enabled: Option<bool>) {
     let enabled = given(enabled, "reaper_enable", "enabled");
     pinned(|| {
         let registered = managed_target(target, "enable or disable");
-        set_enabled(registered.id, enabled);
+        target::set_enabled(registered.id, enabled);
     })
-}
-
-/// Switches target `id` on or off, as the extension's owner (the caller's rights are checked
-/// before), and has the worker look again at commit.
-pub fn set_enabled(id: i64, enabled: bool) {
-    crate::shared::hooks::wake_worker_at_commit();
-    let query = format!(
-        "UPDATE {}.reaper_target SET enabled = $2, updated_at = now() WHERE id = $1",
-        ext_schema()
-    );
-    as_role(ext_owner(), || {
-        Spi::run_with_args(&query, &[id.into(), enabled.into()])
-    })
-    .expect("writing reaper_target");
 }

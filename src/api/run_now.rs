@@ -78,7 +78,7 @@ fn reaper_purge_v2(
 }
 
 fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
-    let started_at = history::unix_now();
+    let started_at = crate::shared::clock::unix_now();
     let (progress, status, error) = match &registered.target {
         Err(e) => (Progress::default(), Status::Error, Some(e.message())),
         Ok(t) if max_rows.is_some_and(|m| m <= 0) => (Progress::default(), Status::Skipped, None),

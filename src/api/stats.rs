@@ -7,8 +7,8 @@
 //! copied out through SPI and formed again (bench/README.md, "Idle and scale"). The backlog it
 //! shows is measured at the end of each run (backlog.rs), so scraping stays cheap.
 
-use crate::reap::history::unix_now;
 use crate::reap::schedule::Schedule;
+use crate::shared::clock::unix_now;
 use crate::shared::shmem::{Slot, WorkerState, SHARED};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;

@@ -12,7 +12,6 @@ use crate::shared::security::as_role;
 use crate::shared::settings::{self, LogHistory};
 use crate::shared::sql::{ext_owner, ext_schema};
 use pgrx::prelude::*;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +49,6 @@ pub struct Run<'a> {
     /// The run went until no dead row was left (not stopped by max_runtime, max_rows or an
     /// error): what it left behind is known without looking.
     pub complete: bool,
-}
-
-/// The wall clock in Unix seconds.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Writes the run into the counters (and the history, as `reaper.log_history` says); returns

@@ -261,7 +261,7 @@ impl ReaperError {
             }
             Self::Runaway { table, timeout } => format!(
                 "target \"{table}\" is disabled: its batch went on {} s past reaper.statement_timeout ({} s), so the worker was stopped",
-                crate::worker::database::DEADLINE_GRACE.as_secs(),
+                crate::shared::settings::RUNAWAY_GRACE.as_secs(),
                 timeout.as_secs()
             ),
             Self::NothingRemoved { table } => format!(

@@ -193,7 +193,7 @@ unsafe fn droppable_by_me(dbname: *const std::ffi::c_char) -> Option<pg_sys::Oid
 /// Marks the database as being dropped, so the launcher starts no worker there meanwhile;
 /// returns the pid of its running worker, or 0.
 fn mark_dropping(database: u32) -> i32 {
-    let since = crate::reap::history::unix_now() as u64;
+    let since = crate::shared::clock::unix_now() as u64;
     let dropping = Slot {
         database,
         state: WorkerState::Dropping,

@@ -282,3 +282,7 @@ pub fn database_names() -> Vec<String> {
 pub fn log_runs() -> bool {
     LOG_RUNS.get()
 }
+
+/// How long past `reaper.statement_timeout` a step of the worker may go on before the launcher
+/// stops the worker: the cancel came, and code of the table's owner caught it.
+pub const RUNAWAY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -262,7 +262,7 @@ pub fn cancel_dropping(database: u32) {
 /// it or the database is being dropped.
 pub fn claim_slot(database: u32) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
-    let now = crate::reap::history::unix_now();
+    let now = crate::shared::clock::unix_now();
     let mut shared = SHARED.exclusive();
     if let Some(slot) = shared.slot_of_mut(database) {
         let taken = slot.pid != 0 && slot.pid != me && unsafe { libc::kill(slot.pid, 0) } == 0;
@@ -305,7 +305,7 @@ pub unsafe extern "C-unwind" fn release_slot(code: i32, arg: pg_sys::Datum) {
             // The launcher takes the marker and frees the slot for a database waiting for one.
             WorkerState::NoExtension => slot.pid = 0,
             _ if code == 0 => *slot = Default::default(),
-            _ => slot.back_off(crate::reap::history::unix_now()),
+            _ => slot.back_off(crate::shared::clock::unix_now()),
         }
         shared.rescan = true;
         shared.launcher_pid

@@ -40,7 +40,7 @@ pub fn in_transaction<R>(
 ) -> Result<R, (PgSqlErrorCode, String)> {
     // A cancel still pending from before (it came as the last transaction committed) was
     // meant for that one: it must not cancel this one. A SIGTERM ends the process here.
-    crate::worker::process::check_for_interrupts();
+    check_for_interrupts();
     // SAFETY: called from the worker's main loop, outside any transaction.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
@@ -88,4 +88,20 @@ pub fn with_statement_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() 
     }
     let _disarm = Disarm;
     f()
+}
+
+/// What the worker's and the launcher's loops call between transactions instead of
+/// `pgrx::check_for_interrupts!()`: a SIGTERM still ends the process, but a cancel that
+/// arrives outside a transaction (`pg_cancel_backend`, or a statement timeout that fired just as
+/// a batch committed) has nothing left to cancel and is dropped; raised here, outside any
+/// transaction, it would be an ERROR that ends the process.
+pub fn check_for_interrupts() {
+    // SAFETY: QueryCancelPending is set by signal handlers and cleared by this process; the
+    // transaction state is this process's own.
+    unsafe {
+        if pg_sys::QueryCancelPending != 0 && !pg_sys::IsTransactionState() {
+            pg_sys::QueryCancelPending = 0;
+        }
+    }
+    pgrx::check_for_interrupts!();
 }

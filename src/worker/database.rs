@@ -125,7 +125,7 @@ impl Running {
     fn start(&mut self) -> (f64, Instant) {
         *self
             .started
-            .get_or_insert_with(|| (history::unix_now(), Instant::now()))
+            .get_or_insert_with(|| (crate::shared::clock::unix_now(), Instant::now()))
     }
 }
 
@@ -163,7 +163,7 @@ impl Worker {
         disable_stuck_target();
         record_interrupted_runs();
         loop {
-            crate::worker::process::check_for_interrupts();
+            crate::shared::txn::check_for_interrupts();
             reload_settings_if_asked();
             wake_request(true);
             let generation = SHARED.share().generation;
@@ -378,15 +378,13 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     Step::Ran(batch, Box::new(now))
 }
 
-/// How long past `reaper.statement_timeout` a step of the worker may go on before the launcher
-/// stops the worker: the cancel came, and owner code caught it.
-pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(5);
-
 /// Runs a step that runs code of a table's owner (a batch, a prune, ANALYZE, recording a run
 /// with its backlog probe) under a deadline the launcher enforces (shmem::stop_overdue_workers).
 fn watched<R>(f: impl FnOnce() -> R) -> R {
-    let limit = settings::statement_timeout() + DEADLINE_GRACE;
-    crate::shared::shmem::set_deadline(Some(history::unix_now() + limit.as_secs_f64()));
+    let limit = settings::statement_timeout() + settings::RUNAWAY_GRACE;
+    crate::shared::shmem::set_deadline(Some(
+        crate::shared::clock::unix_now() + limit.as_secs_f64(),
+    ));
     let result = f();
     crate::shared::shmem::set_deadline(None);
     result
@@ -412,11 +410,11 @@ fn disable_stuck_target() {
                 table: registered.name.clone(),
                 timeout: settings::statement_timeout(),
             };
-            crate::api::registry::set_enabled(registered.id, false);
+            crate::reap::target::set_enabled(registered.id, false);
             let run = Run {
                 target: &registered,
                 trigger: "worker",
-                started_at: history::unix_now(),
+                started_at: crate::shared::clock::unix_now(),
                 progress: Progress::default(),
                 status: Status::Error,
                 error: Some(e.message()),
@@ -483,7 +481,7 @@ fn look() -> Look {
     if !settings::enabled() {
         return Look::Due(Vec::new(), MAX_SLEEP);
     }
-    let now = history::unix_now();
+    let now = crate::shared::clock::unix_now();
     let (due, later): (Vec<_>, Vec<_>) = target::load(None)
         .into_iter()
         .filter(|r| r.enabled)
@@ -532,7 +530,9 @@ fn finish(running: Running, end: TurnEnd) -> bool {
     let run = Run {
         target: &running.target,
         trigger: "worker",
-        started_at: running.started.map_or_else(history::unix_now, |(at, _)| at),
+        started_at: running
+            .started
+            .map_or_else(crate::shared::clock::unix_now, |(at, _)| at),
         progress: running.progress,
         status,
         error,

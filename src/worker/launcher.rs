@@ -64,7 +64,7 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
             launcher.scan();
         }
         let next_deadline =
-            crate::shared::shmem::stop_overdue_workers(crate::reap::history::unix_now());
+            crate::shared::shmem::stop_overdue_workers(crate::shared::clock::unix_now());
         let sleep = launcher
             .until_next_scan()
             .min(next_deadline.unwrap_or(Duration::MAX));
@@ -142,7 +142,7 @@ impl Launcher {
                 Reserve::Reserved { failures } => self.start(db, failures),
                 Reserve::NotNeeded => {}
                 Reserve::BackingOff(retry_at) => {
-                    let wait = (retry_at - crate::reap::history::unix_now()).max(0.0);
+                    let wait = (retry_at - crate::shared::clock::unix_now()).max(0.0);
                     self.scan_no_later_than(Instant::now() + Duration::from_secs_f64(wait));
                 }
                 Reserve::Full { settling: true } => {
@@ -167,7 +167,7 @@ impl Launcher {
                     .iter()
                     .any(|(db, at)| *db == slot.database && at.elapsed() > START_TIMEOUT);
             let drop_over = slot.state == WorkerState::Dropping
-                && crate::reap::history::unix_now() as u64 > slot.since + DROPPING_HOLD_SECS;
+                && crate::shared::clock::unix_now() as u64 > slot.since + DROPPING_HOLD_SECS;
             if slot.pid == 0 && (!present.contains(&slot.database) || stale_start || drop_over) {
                 *slot = Default::default();
             }
@@ -228,7 +228,7 @@ impl Launcher {
             if slot.state != WorkerState::Backoff {
                 return Reserve::NotNeeded;
             }
-            if slot.retry_at > crate::reap::history::unix_now() {
+            if slot.retry_at > crate::shared::clock::unix_now() {
                 return Reserve::BackingOff(slot.retry_at);
             }
             slot.state = WorkerState::Starting;

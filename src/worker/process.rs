@@ -51,7 +51,7 @@ unsafe fn install_handler(
 /// settings after a SIGHUP.
 pub fn sleep(timeout: Duration) {
     wait_latch(timeout);
-    check_for_interrupts();
+    crate::shared::txn::check_for_interrupts();
     reload_settings_if_asked();
 }
 
@@ -69,22 +69,6 @@ pub fn pause(d: Duration) {
         }
         sleep(left);
     }
-}
-
-/// What the worker's and the launcher's loops call between transactions instead of
-/// `pgrx::check_for_interrupts!()`: a SIGTERM still ends the process, but a cancel that
-/// arrives outside a transaction (`pg_cancel_backend`, or a statement timeout that fired just as
-/// a batch committed) has nothing left to cancel and is dropped; raised here, outside any
-/// transaction, it would be an ERROR that ends the process.
-pub fn check_for_interrupts() {
-    // SAFETY: QueryCancelPending is set by signal handlers and cleared by this process; the
-    // transaction state is this process's own.
-    unsafe {
-        if pg_sys::QueryCancelPending != 0 && !pg_sys::IsTransactionState() {
-            pg_sys::QueryCancelPending = 0;
-        }
-    }
-    pgrx::check_for_interrupts!();
 }
 
 /// Waits on this process's latch for at most `timeout` (or until the postmaster dies, which
