@@ -3,10 +3,11 @@
 //! manage; both run as the table's owner.
 
 use crate::api::registry::managed_target;
-use crate::reap::action::{self, Action};
+use crate::reap::action::Action;
 use crate::reap::batch::{self, Progress};
 use crate::reap::cursor::Cursor;
 use crate::reap::history::{self, Run, Status};
+use crate::reap::partitions;
 use crate::reap::target::{self, Registered, Target};
 use crate::shared::errors::ReaperError;
 use crate::shared::security::{as_role, may_manage, with_settings};
@@ -98,11 +99,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
                     "reaper_purge",
                 )
                 .report(PgLogLevel::WARNING);
-                (
-                    Progress::default(),
-                    batch::failure_status(code),
-                    Some(message),
-                )
+                (Progress::default(), Status::of_failure(code), Some(message))
             }
         },
     };
@@ -199,7 +196,7 @@ fn describe(
             let statement =
                 Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size(), false);
             let partitions = match t.action {
-                Action::DropPartitions => action::dead_partitions(t).collect(),
+                Action::DropPartitions => partitions::dead_partitions(t).collect(),
                 _ => Vec::new(),
             };
             Spi::connect(|client| {

@@ -7,15 +7,13 @@
 //! until the cursor says the run is done or the row budget is spent. Every batch re-checks the
 //! expiry condition inside its DELETE.
 
-use crate::reap::action;
 use crate::reap::cursor::{page_range, Cursor};
-use crate::reap::history::Status;
+use crate::reap::partitions;
 use crate::reap::target::Target;
 use crate::shared::errors::ReaperError;
 use crate::shared::security::{as_role, with_settings};
 use crate::shared::settings;
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode;
 use std::time::{Duration, Instant};
 
 /// The second field of every lock tag session_reaper takes ("REAP").
@@ -117,8 +115,8 @@ pub fn delete_batch(
             .cloned()
             .unwrap_or_else(|| Cursor::first(target, limit, exact));
         if cursor == Cursor::Partitions {
-            if let Some(partition) = action::dead_partitions(target).next() {
-                action::drop_partition(target, &partition);
+            if let Some(partition) = partitions::dead_partitions(target).next() {
+                partitions::drop_partition(target, &partition);
                 return Batch {
                     deleted: 0,
                     picked: 0,
@@ -213,15 +211,5 @@ pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
             Some(next) => cursor = Some(next),
             None => return progress,
         }
-    }
-}
-
-/// The status a failed run is recorded with.
-pub fn failure_status(code: PgSqlErrorCode) -> Status {
-    match code {
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
-            Status::Timeout
-        }
-        _ => Status::Error,
     }
 }

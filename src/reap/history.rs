@@ -12,6 +12,7 @@ use crate::shared::security::as_role;
 use crate::shared::settings::{self, LogHistory};
 use crate::shared::sql::{ext_owner, ext_schema};
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status a run that failed with this SQLSTATE is recorded with: a lock or statement
+    /// timeout is retried on the next run, anything else is an error.
+    pub fn of_failure(code: PgSqlErrorCode) -> Status {
+        match code {
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
+                Status::Timeout
+            }
+            _ => Status::Error,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",

@@ -6,6 +6,7 @@ pub mod backlog;
 pub mod batch;
 pub mod cursor;
 pub mod history;
+pub mod partitions;
 pub mod predicate;
 pub mod schedule;
 pub mod target;

@@ -272,7 +272,7 @@ impl ReaperError {
             ),
             Self::OldVersion { installed } => format!(
                 "extension \"session_reaper\" is at version {installed} in this database, but the loaded library is version {}",
-                crate::shared::sql::LIBRARY_VERSION
+                crate::shared::LIBRARY_VERSION
             ),
             Self::NullArgument { function, argument } => {
                 format!("{argument} must not be NULL in {function}")

@@ -45,8 +45,7 @@ pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&settings, f)
 }
 
-/// The version of the extension's SQL objects this library is built for.
-pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::shared::LIBRARY_VERSION;
 
 /// The version of the extension's SQL objects in this database, if it is installed.
 pub fn installed_version() -> Option<String> {

@@ -518,7 +518,7 @@ fn outcome(name: &str, end: TurnEnd) -> (Status, Option<String>) {
         ),
         TurnEnd::Failed(code, message) => {
             warn(code, &format!("session_reaper: {name}: {message}"));
-            (batch::failure_status(code), Some(message))
+            (Status::of_failure(code), Some(message))
         }
     }
 }
