@@ -378,3 +378,15 @@ pub fn take_stuck() -> u32 {
         .slot_of_mut(database)
         .map_or(0, |slot| std::mem::take(&mut slot.stuck))
 }
+
+/// Says in this database's slot what its worker is doing, and on which table; a slot being
+/// dropped keeps saying so.
+pub fn set_worker_state(state: WorkerState, current: pg_sys::Oid) {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
+        if slot.state != WorkerState::Dropping {
+            slot.state = state;
+            slot.current = current.to_u32();
+        }
+    }
+}

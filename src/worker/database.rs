@@ -7,20 +7,23 @@
 //! The launcher starts this worker (launcher.rs) and never lets the postmaster restart it: a
 //! worker whose database lost the extension or was dropped simply stays gone.
 
-use crate::reap::batch::{self, Batch, Locked, Progress};
-use crate::reap::cursor::Cursor;
-use crate::reap::history::{self, Run, Status};
-use crate::reap::target::{self, Registered, Target};
+use crate::reap::batch::{self, Batch, Locked};
+use crate::reap::history;
+use crate::reap::target::{self, Registered};
 use crate::shared::errors::ReaperError;
-use crate::shared::security::{as_role, with_settings};
 use crate::shared::settings;
-use crate::shared::shmem::{claim_slot, leave_for_lack_of_extension, WorkerState, SHARED};
+use crate::shared::shmem::{
+    claim_slot, leave_for_lack_of_extension, set_worker_state, WorkerState, SHARED,
+};
 use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
-use crate::worker::process::{pause, reload_settings_if_asked, sleep_unless};
-use pgrx::pg_sys::panic::ErrorReport;
+use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, watched};
+use crate::worker::process::{reload_settings_if_asked, sleep_unless};
+use crate::worker::runs::{
+    disable_stuck_target, finish, record_interrupted_runs, warn, Running, TurnEnd,
+};
 use pgrx::prelude::*;
-use pgrx::{PgLogLevel, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -64,16 +67,6 @@ pub extern "C-unwind" fn session_reaper_worker_main(arg: pg_sys::Datum) {
     .run();
 }
 
-fn set_state(state: WorkerState, current: pg_sys::Oid) {
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
-        if slot.state != WorkerState::Dropping {
-            slot.state = state;
-            slot.current = current.to_u32();
-        }
-    }
-}
-
 /// Whether reaper_wake() or a registry change left a wake-up request for this worker; `take`
 /// clears it (the worker acts on it), otherwise it stays for the next look.
 fn wake_request(take: bool) -> bool {
@@ -95,52 +88,6 @@ enum Look {
     /// The extension's SQL objects are of this other version: wait for ALTER EXTENSION UPDATE.
     OtherVersion(String),
     Due(Vec<Registered>, Duration),
-}
-
-/// The running total of one target's run within a wake.
-struct Running {
-    target: Registered,
-    /// When its first batch began: the run's clock (`reaper.max_runtime`) starts there, not
-    /// when it was queued behind other targets.
-    started: Option<(f64, Instant)>,
-    progress: Progress,
-    /// Where the target's next batch starts; None before the first.
-    cursor: Option<Cursor>,
-    /// Whether batches wait for locked rows (until one timed out) or skip them.
-    locked: Locked,
-}
-
-impl Running {
-    fn new(target: Registered) -> Self {
-        Running {
-            target,
-            started: None,
-            progress: Progress::default(),
-            cursor: None,
-            locked: Locked::Wait,
-        }
-    }
-
-    /// When the run started (Unix seconds) and its clock, starting both now if it has not.
-    fn start(&mut self) -> (f64, Instant) {
-        *self
-            .started
-            .get_or_insert_with(|| (crate::shared::clock::unix_now(), Instant::now()))
-    }
-}
-
-/// How a target's turn ended.
-enum TurnEnd {
-    Done,
-    MoreWork,
-    OutOfTime,
-    Skipped,
-    /// The target's rule, as it stands now, says to stop: disabled, unregistered, or
-    /// `reaper.enabled = off`.
-    Stopped,
-    Failed(PgSqlErrorCode, String),
-    /// DROP EXTENSION committed: the round ends without another delete or record.
-    ExtensionDropped,
 }
 
 /// What one batch's transaction found and did.
@@ -197,7 +144,7 @@ impl Worker {
                     RETRY_AFTER_ERROR
                 }
             };
-            set_state(WorkerState::Idle, pg_sys::InvalidOid);
+            set_worker_state(WorkerState::Idle, pg_sys::InvalidOid);
             sleep_unless(pause, || wake_request(false));
         }
     }
@@ -262,7 +209,7 @@ impl Worker {
             }
             wait_for_replicas(started);
             reload_settings_if_asked();
-            set_state(WorkerState::Reaping, running.target.relid);
+            set_worker_state(WorkerState::Reaping, running.target.relid);
             let batch_started = Instant::now();
             let step = watched(|| in_transaction(|| pinned(|| batch_step(running, started_at))));
             let (batch, now) = match step {
@@ -378,86 +325,6 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     Step::Ran(batch, Box::new(now))
 }
 
-/// Runs a step that runs code of a table's owner (a batch, a prune, ANALYZE, recording a run
-/// with its backlog probe) under a deadline the launcher enforces (shmem::stop_overdue_workers).
-fn watched<R>(f: impl FnOnce() -> R) -> R {
-    let limit = settings::statement_timeout() + settings::RUNAWAY_GRACE;
-    crate::shared::shmem::set_deadline(Some(
-        crate::shared::clock::unix_now() + limit.as_secs_f64(),
-    ));
-    let result = f();
-    crate::shared::shmem::set_deadline(None);
-    result
-}
-
-/// Disables the target a previous worker of this database was stopped in (its owner's code
-/// went on past the statement timeout's cancel), so this worker does not run it again: an
-/// `error` run says why, and a WARNING.
-fn disable_stuck_target() {
-    let relid = crate::shared::shmem::take_stuck();
-    if relid == 0 {
-        return;
-    }
-    let disabled = in_transaction(|| {
-        pinned(|| {
-            if installed_version().as_deref() != Some(LIBRARY_VERSION) {
-                return None;
-            }
-            let registered = target::load(Some(pg_sys::Oid::from(relid)))
-                .into_iter()
-                .next()?;
-            let e = ReaperError::Runaway {
-                table: registered.name.clone(),
-                timeout: settings::statement_timeout(),
-            };
-            crate::reap::target::set_enabled(registered.id, false);
-            let run = Run {
-                target: &registered,
-                trigger: "worker",
-                started_at: crate::shared::clock::unix_now(),
-                progress: Progress::default(),
-                status: Status::Error,
-                error: Some(e.message()),
-                complete: false,
-            };
-            history::record(&run);
-            Some(e)
-        })
-    });
-    match disabled {
-        Ok(Some(e)) => warn(
-            e.sqlstate(),
-            &format!(
-                "session_reaper: {}; {}",
-                e.message(),
-                e.hint().unwrap_or_default()
-            ),
-        ),
-        Ok(None) => {}
-        Err((code, message)) => warn(
-            code,
-            &format!("session_reaper: disabling a runaway target: {message}"),
-        ),
-    }
-}
-
-/// Records, as `interrupted`, the runs a previous worker of this database was stopped in the
-/// middle of (a shutdown, a crash), before this one runs anything.
-fn record_interrupted_runs() {
-    let recorded = in_transaction(|| {
-        pinned(|| {
-            (installed_version().as_deref() == Some(LIBRARY_VERSION))
-                .then(history::record_interrupted)
-        })
-    });
-    if let Err((code, message)) = recorded {
-        warn(
-            code,
-            &format!("session_reaper: recording interrupted runs: {message}"),
-        );
-    }
-}
-
 /// Adds to the round the targets that are due now and not already in it.
 fn join_newly_due(queue: &mut VecDeque<Running>) {
     wake_request(true);
@@ -497,189 +364,4 @@ fn look() -> Look {
 /// Whether session_reaper is installed in this database (as of the current snapshot).
 fn extension_installed() -> bool {
     installed_version().is_some()
-}
-
-/// How a run that ended so is recorded: its status, and the error it reports.
-fn outcome(name: &str, end: TurnEnd) -> (Status, Option<String>) {
-    match end {
-        TurnEnd::Done | TurnEnd::MoreWork | TurnEnd::Stopped | TurnEnd::ExtensionDropped => {
-            (Status::Ok, None)
-        }
-        TurnEnd::OutOfTime => (
-            Status::Timeout,
-            Some(format!(
-                "reaper.max_runtime ({} s) ran out with dead rows left; the rest waits for the next run",
-                settings::max_runtime().as_secs()
-            )),
-        ),
-        TurnEnd::Skipped => (
-            Status::Skipped,
-            Some("another reap of this table is running".to_string()),
-        ),
-        TurnEnd::Failed(code, message) => {
-            warn(code, &format!("session_reaper: {name}: {message}"));
-            (Status::of_failure(code), Some(message))
-        }
-    }
-}
-
-/// Records a finished run, logs it, and ANALYZEs the table after a large share went.
-fn finish(running: Running, end: TurnEnd) -> bool {
-    let complete = matches!(end, TurnEnd::Done);
-    let (status, error) = outcome(&running.target.name, end);
-    let run = Run {
-        target: &running.target,
-        trigger: "worker",
-        started_at: running
-            .started
-            .map_or_else(crate::shared::clock::unix_now, |(at, _)| at),
-        progress: running.progress,
-        status,
-        error,
-        complete,
-    };
-    let recorded = watched(|| in_transaction(|| pinned(|| history::record(&run))));
-    if let Err((code, message)) = &recorded {
-        warn(
-            *code,
-            &format!(
-                "session_reaper: {}: recording the run: {message}",
-                running.target.name
-            ),
-        );
-    }
-    if let (Ok(t), Some(share)) = (&running.target.target, settings::analyze_after()) {
-        if running.progress.rows > 0 {
-            let analyzed = watched(|| {
-                in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)))
-            });
-            if let Err((code, message)) = analyzed {
-                warn(
-                    code,
-                    &format!("session_reaper: {}: ANALYZE: {message}", t.name),
-                );
-            }
-        }
-    }
-    recorded.is_ok()
-}
-
-/// ANALYZEs the table, as its owner, when `rows` is at least `share` of what it held. Bounded
-/// as a batch is: it gives up rather than queue behind DDL or run past the statement timeout.
-fn analyze_if_large(t: &Target, rows: i64, share: f64) {
-    let before = Spi::get_one_with_args::<f32>(
-        "SELECT reltuples FROM pg_class WHERE oid = $1",
-        &[t.relid.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(0.0);
-    if before > 0.0 && rows as f64 >= share * f64::from(before) {
-        let statement = format!("ANALYZE {}", t.qualified());
-        with_settings(&[("lock_timeout", settings::lock_timeout())], || {
-            with_statement_timeout(settings::statement_timeout(), || {
-                as_role(t.owner, || Spi::run(&statement))
-            })
-        })
-        .expect("ANALYZE");
-    }
-}
-
-/// Prunes the pages a committed batch covered, in a transaction of its own (see
-/// batch::prune_pages). Only a saving for the application's queries, so a failure does not end
-/// the run: a lock timeout (DDL waiting on the table) is expected and logged at DEBUG1, anything
-/// else (a cancel, a statement timeout, a dropped table) is a WARNING with its SQLSTATE.
-/// A flat-out run (batch_delay = 0, no max_rows_per_second) skips it: it cost one about a
-/// sixth of its rows/s.
-fn prune_behind(t: &Target, pages: (u32, u64)) {
-    let started = Instant::now();
-    let pruned = watched(|| {
-        in_transaction(|| {
-            pinned(|| {
-                with_statement_timeout(settings::statement_timeout(), || {
-                    batch::prune_pages(t, pages)
-                })
-            })
-        })
-    });
-    match pruned {
-        Ok(()) => debug1!(
-            "session_reaper: {}: pruned pages {}..{} in {:.1} ms",
-            t.name,
-            pages.0,
-            pages.1,
-            started.elapsed().as_secs_f64() * 1e3
-        ),
-        Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)) => {
-            debug1!("session_reaper: {}: pruning behind: {message}", t.name)
-        }
-        Err((code, message)) => warn(
-            code,
-            &format!(
-                "session_reaper: {}: pruning pages {}..{} after a batch: {message}",
-                t.name, pages.0, pages.1
-            ),
-        ),
-    }
-}
-
-/// Pauses after a batch until `reaper.batch_delay` has passed since it ended (what the worker
-/// did meanwhile, such as pruning, counts as pause: a prune longer than the delay lengthens
-/// the cycle), and longer when `reaper.max_rows_per_second` asks for it.
-fn throttle(deleted: i64, batch_started: Instant, batch_ended: Instant) {
-    let mut until = batch_ended + settings::batch_delay();
-    if let Some(rate) = settings::max_rows_per_second() {
-        until = until.max(batch_started + Duration::from_secs_f64(deleted as f64 / rate));
-    }
-    // A wake-up (a registration, reaper_wake) does not shorten the pause.
-    pause(until.saturating_duration_since(Instant::now()));
-}
-
-/// Waits while a streaming replica lags more than `reaper.max_replica_lag`, checking each
-/// second, for at most the target's remaining runtime.
-fn wait_for_replicas(run_started: Instant) {
-    while run_started.elapsed() < settings::max_runtime() {
-        // Read on every check: a reload that lifts or raises the ceiling ends the wait at once.
-        let Some(max_lag) = settings::max_replica_lag() else {
-            return;
-        };
-        // GREATEST is SQL syntax, not a function: spelled pg_catalog.greatest(…) the query
-        // failed on every batch, and a failed check (below) means no pause, so the setting did
-        // nothing (reload.rs reloaded_max_replica_lag_pauses_the_worker_behind_a_late_standby).
-        let lag = in_transaction(|| {
-            pinned(|| {
-                Spi::get_one::<f64>(
-                    "SELECT coalesce(max(extract(epoch FROM GREATEST(write_lag, flush_lag, replay_lag))), 0)::float8
-                       FROM pg_catalog.pg_stat_replication",
-                )
-            })
-        });
-        let lag = match lag {
-            Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.0)),
-            _ => return,
-        };
-        if lag <= max_lag {
-            return;
-        }
-        set_state(WorkerState::PausedForReplica, pg_sys::InvalidOid);
-        pause(Duration::from_secs(1));
-    }
-}
-
-/// Logs a WARNING that carries the SQLSTATE in its text as well as in its error code.
-fn warn(code: PgSqlErrorCode, message: &str) {
-    ErrorReport::new(
-        code,
-        format!("{message} (SQLSTATE {})", sqlstate(code)),
-        "session_reaper worker",
-    )
-    .report(PgLogLevel::WARNING);
-}
-
-/// The five-character SQLSTATE of an error code (Postgres packs it six bits a character).
-pub fn sqlstate(code: PgSqlErrorCode) -> String {
-    let packed = code as i32;
-    (0..5)
-        .map(|i| char::from(b'0' + ((packed >> (6 * i)) & 0x3F) as u8))
-        .collect()
 }

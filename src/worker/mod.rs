@@ -2,4 +2,6 @@
 
 pub mod database;
 pub mod launcher;
+pub mod pacing;
 pub mod process;
+pub mod runs;

@@ -1,0 +1,109 @@
+//! pacing.rs — how the worker keeps its batches gentle and bounded: the pause after each batch
+//! (`reaper.batch_delay`, `reaper.max_rows_per_second`), the wait for lagging replicas
+//! (`reaper.max_replica_lag`), pruning the pages a batch emptied during that pause, and the
+//! deadline past which the launcher stops a worker whose step ignored its statement timeout.
+
+use crate::reap::batch;
+use crate::reap::target::Target;
+use crate::shared::settings;
+use crate::shared::shmem::{set_worker_state, WorkerState};
+use crate::shared::sql::pinned;
+use crate::shared::txn::{in_transaction, with_statement_timeout};
+use crate::worker::process::pause;
+use crate::worker::runs::warn;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::time::{Duration, Instant};
+
+/// Runs a step that runs code of a table's owner (a batch, a prune, ANALYZE, recording a run
+/// with its backlog probe) under a deadline the launcher enforces (shmem::stop_overdue_workers).
+pub(super) fn watched<R>(f: impl FnOnce() -> R) -> R {
+    let limit = settings::statement_timeout() + settings::RUNAWAY_GRACE;
+    crate::shared::shmem::set_deadline(Some(
+        crate::shared::clock::unix_now() + limit.as_secs_f64(),
+    ));
+    let result = f();
+    crate::shared::shmem::set_deadline(None);
+    result
+}
+
+/// Prunes the pages a committed batch covered, in a transaction of its own (see
+/// batch::prune_pages). Only a saving for the application's queries, so a failure does not end
+/// the run: a lock timeout (DDL waiting on the table) is expected and logged at DEBUG1, anything
+/// else (a cancel, a statement timeout, a dropped table) is a WARNING with its SQLSTATE.
+/// A flat-out run (batch_delay = 0, no max_rows_per_second) skips it: it cost one about a
+/// sixth of its rows/s.
+pub(super) fn prune_behind(t: &Target, pages: (u32, u64)) {
+    let started = Instant::now();
+    let pruned = watched(|| {
+        in_transaction(|| {
+            pinned(|| {
+                with_statement_timeout(settings::statement_timeout(), || {
+                    batch::prune_pages(t, pages)
+                })
+            })
+        })
+    });
+    match pruned {
+        Ok(()) => debug1!(
+            "session_reaper: {}: pruned pages {}..{} in {:.1} ms",
+            t.name,
+            pages.0,
+            pages.1,
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+        Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)) => {
+            debug1!("session_reaper: {}: pruning behind: {message}", t.name)
+        }
+        Err((code, message)) => warn(
+            code,
+            &format!(
+                "session_reaper: {}: pruning pages {}..{} after a batch: {message}",
+                t.name, pages.0, pages.1
+            ),
+        ),
+    }
+}
+
+/// Pauses after a batch until `reaper.batch_delay` has passed since it ended (what the worker
+/// did meanwhile, such as pruning, counts as pause: a prune longer than the delay lengthens
+/// the cycle), and longer when `reaper.max_rows_per_second` asks for it.
+pub(super) fn throttle(deleted: i64, batch_started: Instant, batch_ended: Instant) {
+    let mut until = batch_ended + settings::batch_delay();
+    if let Some(rate) = settings::max_rows_per_second() {
+        until = until.max(batch_started + Duration::from_secs_f64(deleted as f64 / rate));
+    }
+    // A wake-up (a registration, reaper_wake) does not shorten the pause.
+    pause(until.saturating_duration_since(Instant::now()));
+}
+
+/// Waits while a streaming replica lags more than `reaper.max_replica_lag`, checking each
+/// second, for at most the target's remaining runtime.
+pub(super) fn wait_for_replicas(run_started: Instant) {
+    while run_started.elapsed() < settings::max_runtime() {
+        // Read on every check: a reload that lifts or raises the ceiling ends the wait at once.
+        let Some(max_lag) = settings::max_replica_lag() else {
+            return;
+        };
+        // GREATEST is SQL syntax, not a function: spelled pg_catalog.greatest(…) the query
+        // failed on every batch, and a failed check (below) means no pause, so the setting did
+        // nothing (reload.rs reloaded_max_replica_lag_pauses_the_worker_behind_a_late_standby).
+        let lag = in_transaction(|| {
+            pinned(|| {
+                Spi::get_one::<f64>(
+                    "SELECT coalesce(max(extract(epoch FROM GREATEST(write_lag, flush_lag, replay_lag))), 0)::float8
+                       FROM pg_catalog.pg_stat_replication",
+                )
+            })
+        });
+        let lag = match lag {
+            Ok(Ok(Some(seconds))) => Duration::from_secs_f64(seconds.max(0.0)),
+            _ => return,
+        };
+        if lag <= max_lag {
+            return;
+        }
+        set_worker_state(WorkerState::PausedForReplica, pg_sys::InvalidOid);
+        pause(Duration::from_secs(1));
+    }
+}
