@@ -35,25 +35,29 @@ pub fn measure(t: &Target) -> Backlog {
     ];
     // Bounded like a batch: a probe without an index scans the whole table.
     in_subtransaction(|| {
-        with_statement_timeout(crate::shared::settings::statement_timeout(), || {
-            with_settings(&settings, || {
-                as_role(t.owner, || {
-                    let oldest_expiry =
-                        Spi::get_one::<TimestampWithTimeZone>(&oldest).expect("oldest dead row");
-                    let counted = Spi::get_one::<i64>(&counted)
-                        .expect("counting dead rows")
-                        .unwrap_or(0);
-                    let rows = match counted {
-                        n if n < COUNT_UP_TO => n,
-                        n => t.dead_rows_estimate().unwrap_or(n).max(n),
-                    };
-                    Backlog {
-                        rows: Some(rows),
-                        oldest_expiry,
-                    }
+        with_statement_timeout(
+            crate::shared::settings::statement_timeout(),
+            t.relid,
+            || {
+                with_settings(&settings, || {
+                    as_role(t.owner, || {
+                        let oldest_expiry = Spi::get_one::<TimestampWithTimeZone>(&oldest)
+                            .expect("oldest dead row");
+                        let counted = Spi::get_one::<i64>(&counted)
+                            .expect("counting dead rows")
+                            .unwrap_or(0);
+                        let rows = match counted {
+                            n if n < COUNT_UP_TO => n,
+                            n => t.dead_rows_estimate().unwrap_or(n).max(n),
+                        };
+                        Backlog {
+                            rows: Some(rows),
+                            oldest_expiry,
+                        }
+                    })
                 })
-            })
-        })
+            },
+        )
     })
     .unwrap_or_default()
 }

@@ -114,19 +114,70 @@ unsafe extern "C-unwind" fn process_utility(
     if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
         let top_level = context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL;
         stop_worker_before_drop((*(stmt as *mut pg_sys::DropdbStmt)).dbname, top_level);
-    } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt) {
-        let name = CStr::from_ptr((*(stmt as *mut pg_sys::CreateExtensionStmt)).extname);
-        if name.to_bytes() == b"session_reaper" {
+    }
+    // Only a statement that changes session_reaper, and only once it has succeeded: a refused
+    // or no-op one (IF NOT EXISTS of an installed extension) by any role asks for nothing.
+    let about_us = names_session_reaper(stmt);
+    let installed_before = about_us && session_reaper_installed();
+    call_next(
+        pstmt,
+        query,
+        read_only_tree,
+        context,
+        params,
+        query_env,
+        dest,
+        qc,
+    );
+    if !about_us {
+        return;
+    }
+    let installed_after = session_reaper_installed();
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt) {
+        if !installed_before && installed_after {
             PENDING.fetch_or(RESCAN, Ordering::Relaxed);
         }
     } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_AlterExtensionStmt)
-        || (pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt)
-            && (*(stmt as *mut pg_sys::DropStmt)).removeType
-                == pg_sys::ObjectType::OBJECT_EXTENSION)
+        || (installed_before && !installed_after)
     {
         // After DROP EXTENSION the worker leaves; after ALTER EXTENSION UPDATE it may start.
         wake_worker_at_commit();
     }
+}
+
+/// Whether `stmt` is CREATE or ALTER EXTENSION of session_reaper, or a DROP EXTENSION.
+unsafe fn names_session_reaper(stmt: *mut pg_sys::Node) -> bool {
+    let ours = |name: *const std::ffi::c_char| {
+        !name.is_null() && CStr::from_ptr(name).to_bytes() == b"session_reaper"
+    };
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt) {
+        return ours((*(stmt as *mut pg_sys::CreateExtensionStmt)).extname);
+    }
+    if pgrx::is_a(stmt, pg_sys::NodeTag::T_AlterExtensionStmt) {
+        return ours((*(stmt as *mut pg_sys::AlterExtensionStmt)).extname);
+    }
+    // DROP EXTENSION: whether it dropped session_reaper is seen after it ran.
+    pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt)
+        && (*(stmt as *mut pg_sys::DropStmt)).removeType == pg_sys::ObjectType::OBJECT_EXTENSION
+}
+
+/// Whether session_reaper is installed in the current database (as this transaction sees it).
+unsafe fn session_reaper_installed() -> bool {
+    pg_sys::get_extension_oid(c"session_reaper".as_ptr(), true) != pg_sys::InvalidOid
+}
+
+/// Runs the next ProcessUtility in the chain (Postgres' own at its end).
+#[allow(clippy::too_many_arguments)]
+unsafe fn call_next(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
     let next = PREV_PROCESS_UTILITY.unwrap_or(raw::standard_ProcessUtility);
     // An ERROR inside becomes a Rust panic here, and Postgres' again at our #[pg_guard].
     pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {

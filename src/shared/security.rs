@@ -91,6 +91,26 @@ pub fn with_settings<R>(settings: &[(&str, String)], f: impl FnOnce() -> R) -> R
     f()
 }
 
+/// Sets a setting for the rest of this process's session (outside any block): the worker
+/// bounds its own lock waits this way (see `worker::database`).
+pub fn set_for_session(name: &str, value: &str) {
+    let name = CString::new(name).expect("setting names have no NUL");
+    let value = CString::new(value).expect("setting values have no NUL");
+    // SAFETY: a session-level SET of a user-settable setting in this backend.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
 /// The current user may manage tables owned by `owner`: it is that role, a member of it with
 /// its privileges, or a superuser.
 pub fn may_manage(owner: pg_sys::Oid) -> bool {

@@ -81,9 +81,11 @@ pub struct Slot {
     pub retry_at: f64,
     /// When the running worker claimed the slot (Unix seconds).
     pub started_at: f64,
-    /// While a batch runs: when it must be over (Unix seconds; 0: no batch). A batch past it
-    /// ignored its statement timeout's cancel, and the launcher stops the worker.
+    /// While the worker runs code of a table's owner under a statement timeout: when that must
+    /// be over (monotonic seconds; 0: none), and the table. Past it, the owner's code ignored the
+    /// timeout's cancel, and the launcher stops the worker.
     pub deadline: f64,
+    pub deadline_table: u32,
     /// The table whose batch the launcher stopped the worker in; kept through the restart, so
     /// the next worker disables that target instead of running it again.
     pub stuck: u32,
@@ -331,52 +333,64 @@ pub fn leave_for_lack_of_extension(generation: u64) {
     unsafe { pg_sys::proc_exit(0) }
 }
 
-/// Stops the workers whose batch is past its deadline: its statement timeout fired, and code of
-/// the table's owner (a trigger, the predicate, a function they call) caught the cancel and
-/// went on, holding the database's only worker and a transaction. SIGTERM is Postgres' `die`:
-/// a FATAL at the next interrupt check, which no exception handler can catch. The table is
-/// kept in the slot for the next worker (see `take_stuck`). Returns how long until the next
-/// deadline, for the launcher's sleep.
+/// Stops the workers whose owner code is past its deadline: the statement timeout fired, and
+/// code of the table's owner (a trigger, the predicate, a function they call) caught the
+/// cancel and went on, holding the database's only worker and a transaction. SIGTERM is
+/// Postgres' `die`: a FATAL at the next interrupt check, which no exception handler can catch.
+/// It is sent under the lock (the worker cannot have released its slot, so its pid is not
+/// reused). The table is kept in the slot for the next worker (see `stuck`). Returns how long
+/// until the next deadline, for the launcher's sleep.
 pub fn stop_overdue_workers(now: f64) -> Option<Duration> {
     let mut next: Option<f64> = None;
-    let mut overdue = Vec::new();
-    for slot in SHARED.exclusive().slots.iter_mut() {
-        if slot.pid == 0 || slot.deadline == 0.0 {
-            continue;
+    let mut stopped = Vec::new();
+    {
+        let mut shared = SHARED.exclusive();
+        for slot in shared.slots.iter_mut() {
+            if slot.pid == 0 || slot.deadline == 0.0 {
+                continue;
+            }
+            if now < slot.deadline {
+                next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
+                continue;
+            }
+            slot.stuck = slot.deadline_table;
+            slot.deadline = 0.0;
+            // SAFETY: a signal to a live process of this cluster that holds one of our slots.
+            unsafe { libc::kill(slot.pid, libc::SIGTERM) };
+            stopped.push((slot.pid, slot.deadline_table));
         }
-        if now < slot.deadline {
-            next = Some(next.map_or(slot.deadline, |n| n.min(slot.deadline)));
-            continue;
-        }
-        slot.stuck = slot.current;
-        slot.deadline = 0.0;
-        overdue.push((slot.pid, slot.current));
     }
-    for (pid, table) in overdue {
+    for (pid, table) in stopped {
         pgrx::warning!(
-            "session_reaper: the worker with pid {pid} went on with a batch of table {table} after its statement timeout: stopping it; the next worker disables that target"
+            "session_reaper: the worker with pid {pid} went on with code of table {table}'s owner after its statement timeout: stopped; the next worker disables that target"
         );
-        // SAFETY: a signal to a process of this cluster that holds one of our slots.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
     next.map(|at| Duration::from_secs_f64((at - now).max(0.0)))
 }
 
-/// Sets or clears (None) this database's batch deadline.
-pub fn set_deadline(deadline: Option<f64>) {
+/// Sets (with the table whose owner's code runs) or clears (None) this worker's deadline.
+pub fn set_deadline(deadline: Option<(f64, u32)>) {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
-        slot.deadline = deadline.unwrap_or(0.0);
+        (slot.deadline, slot.deadline_table) = deadline.unwrap_or((0.0, 0));
     }
 }
 
-/// The table a stopped worker of this database was stuck in, taken from the slot (0: none).
-pub fn take_stuck() -> u32 {
+/// The table a stopped worker of this database was stuck in (0: none).
+pub fn stuck() -> u32 {
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     SHARED
-        .exclusive()
-        .slot_of_mut(database)
-        .map_or(0, |slot| std::mem::take(&mut slot.stuck))
+        .share()
+        .slot_of(database)
+        .map_or(0, |slot| slot.stuck)
+}
+
+/// Forgets the stuck table, once its target is disabled.
+pub fn clear_stuck() {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if let Some(slot) = SHARED.exclusive().slot_of_mut(database) {
+        slot.stuck = 0;
+    }
 }
 
 /// Says in this database's slot what its worker is doing, and on which table; a slot being

@@ -68,22 +68,32 @@ extern "C-unwind" {
     fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
 }
 
-/// Runs `f` with a statement timeout armed, as a client backend does for each statement (a
-/// background worker's SPI calls get none otherwise). Expiry cancels `f` with SQLSTATE 57014.
-/// In a client's session (reaper_purge) the caller's own statement_timeout already bounds
-/// the call, and is left as it is.
-pub fn with_statement_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() -> R) -> R {
+/// Runs `f`, code that may run code of the owner of table `relid`, with a statement timeout
+/// armed, as a client backend does for each statement (a background worker's SPI calls get none
+/// otherwise). Expiry cancels `f` with SQLSTATE 57014. Should the owner's code catch that cancel
+/// and go on, the deadline left in the worker's slot lets the launcher stop the worker
+/// (`shmem::stop_overdue_workers`). In a client's session (reaper_purge) the caller's own
+/// statement_timeout already bounds the call, and is left as it is.
+pub fn with_statement_timeout<R>(
+    timeout: std::time::Duration,
+    relid: pg_sys::Oid,
+    f: impl FnOnce() -> R,
+) -> R {
     // SAFETY: a process-local value set once at start-up.
     if unsafe { pg_sys::MyBackendType } != pg_sys::BackendType::B_BG_WORKER {
         return f();
     }
     let ms = timeout.as_millis().min(i32::MAX as u128) as std::ffi::c_int;
+    let deadline = crate::shared::clock::monotonic_now()
+        + (timeout + crate::shared::settings::RUNAWAY_GRACE).as_secs_f64();
+    crate::shared::shmem::set_deadline(Some((deadline, relid.to_u32())));
     // SAFETY: the statement timeout is registered by InitPostgres for every connected backend.
     unsafe { enable_timeout_after(STATEMENT_TIMEOUT, ms) };
     struct Disarm;
     impl Drop for Disarm {
         fn drop(&mut self) {
             unsafe { disable_timeout(STATEMENT_TIMEOUT, false) };
+            crate::shared::shmem::set_deadline(None);
         }
     }
     let _disarm = Disarm;

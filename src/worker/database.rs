@@ -17,7 +17,7 @@ use crate::shared::shmem::{
 };
 use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
-use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, watched};
+use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas};
 use crate::worker::process::{reload_settings_if_asked, sleep_unless};
 use crate::worker::runs::{
     disable_stuck_target, finish, record_interrupted_runs, warn, Running, TurnEnd,
@@ -107,11 +107,16 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) -> ! {
+        crate::shared::security::set_for_session("lock_timeout", &settings::lock_timeout());
         disable_stuck_target();
         record_interrupted_runs();
         loop {
             crate::shared::txn::check_for_interrupts();
             reload_settings_if_asked();
+            // The worker's own reads and writes of the registry and the history wait for a row
+            // or table lock no longer than its batches do: a client holding one (an open
+            // reaper_purge, an uncommitted DROP) cannot hold the database's worker.
+            crate::shared::security::set_for_session("lock_timeout", &settings::lock_timeout());
             wake_request(true);
             let generation = SHARED.share().generation;
             let look = in_transaction(|| pinned(look));
@@ -211,7 +216,7 @@ impl Worker {
             reload_settings_if_asked();
             set_worker_state(WorkerState::Reaping, running.target.relid);
             let batch_started = Instant::now();
-            let step = watched(|| in_transaction(|| pinned(|| batch_step(running, started_at))));
+            let step = in_transaction(|| pinned(|| batch_step(running, started_at)));
             let (batch, now) = match step {
                 Ok(Step::Ran(Some(batch), now)) => (batch, now),
                 Ok(Step::Ran(None, _)) => return TurnEnd::Skipped,
@@ -313,7 +318,7 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
         .cursor
         .as_ref()
         .filter(|_| now.updated_at == running.target.updated_at);
-    let batch = with_statement_timeout(settings::statement_timeout(), || {
+    let batch = with_statement_timeout(settings::statement_timeout(), t.relid, || {
         batch::try_lock(t)
             .then(|| batch::delete_batch(t, t.batch_size(), cursor, false, running.locked))
     });

@@ -64,7 +64,7 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
             launcher.scan();
         }
         let next_deadline =
-            crate::shared::shmem::stop_overdue_workers(crate::shared::clock::unix_now());
+            crate::shared::shmem::stop_overdue_workers(crate::shared::clock::monotonic_now());
         let sleep = launcher
             .until_next_scan()
             .min(next_deadline.unwrap_or(Duration::MAX));

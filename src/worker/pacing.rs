@@ -1,7 +1,6 @@
 //! pacing.rs — how the worker keeps its batches gentle and bounded: the pause after each batch
 //! (`reaper.batch_delay`, `reaper.max_rows_per_second`), the wait for lagging replicas
-//! (`reaper.max_replica_lag`), pruning the pages a batch emptied during that pause, and the
-//! deadline past which the launcher stops a worker whose step ignored its statement timeout.
+//! (`reaper.max_replica_lag`), and pruning the pages a batch emptied during that pause.
 
 use crate::reap::batch;
 use crate::reap::target::Target;
@@ -15,18 +14,6 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::{Duration, Instant};
 
-/// Runs a step that runs code of a table's owner (a batch, a prune, ANALYZE, recording a run
-/// with its backlog probe) under a deadline the launcher enforces (shmem::stop_overdue_workers).
-pub(super) fn watched<R>(f: impl FnOnce() -> R) -> R {
-    let limit = settings::statement_timeout() + settings::RUNAWAY_GRACE;
-    crate::shared::shmem::set_deadline(Some(
-        crate::shared::clock::unix_now() + limit.as_secs_f64(),
-    ));
-    let result = f();
-    crate::shared::shmem::set_deadline(None);
-    result
-}
-
 /// Prunes the pages a committed batch covered, in a transaction of its own (see
 /// batch::prune_pages). Only a saving for the application's queries, so a failure does not end
 /// the run: a lock timeout (DDL waiting on the table) is expected and logged at DEBUG1, anything
@@ -35,12 +22,10 @@ pub(super) fn watched<R>(f: impl FnOnce() -> R) -> R {
 /// sixth of its rows/s.
 pub(super) fn prune_behind(t: &Target, pages: (u32, u64)) {
     let started = Instant::now();
-    let pruned = watched(|| {
-        in_transaction(|| {
-            pinned(|| {
-                with_statement_timeout(settings::statement_timeout(), || {
-                    batch::prune_pages(t, pages)
-                })
+    let pruned = in_transaction(|| {
+        pinned(|| {
+            with_statement_timeout(settings::statement_timeout(), t.relid, || {
+                batch::prune_pages(t, pages)
             })
         })
     });

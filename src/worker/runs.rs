@@ -13,7 +13,6 @@ use crate::shared::security::{as_role, with_settings};
 use crate::shared::settings;
 use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
-use crate::worker::pacing::watched;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -69,7 +68,7 @@ impl Running {
 /// went on past the statement timeout's cancel), so this worker does not run it again: an
 /// `error` run says why, and a WARNING.
 pub(super) fn disable_stuck_target() {
-    let relid = crate::shared::shmem::take_stuck();
+    let relid = crate::shared::shmem::stuck();
     if relid == 0 {
         return;
     }
@@ -99,6 +98,9 @@ pub(super) fn disable_stuck_target() {
             Some(e)
         })
     });
+    if disabled.is_ok() {
+        crate::shared::shmem::clear_stuck();
+    }
     match disabled {
         Ok(Some(e)) => warn(
             e.sqlstate(),
@@ -172,7 +174,7 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
         error,
         complete,
     };
-    let recorded = watched(|| in_transaction(|| pinned(|| history::record(&run))));
+    let recorded = in_transaction(|| pinned(|| history::record(&run)));
     if let Err((code, message)) = &recorded {
         warn(
             *code,
@@ -184,9 +186,8 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
     }
     if let (Ok(t), Some(share)) = (&running.target.target, settings::analyze_after()) {
         if running.progress.rows > 0 {
-            let analyzed = watched(|| {
-                in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)))
-            });
+            let analyzed =
+                in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)));
             if let Err((code, message)) = analyzed {
                 warn(
                     code,
@@ -211,7 +212,7 @@ pub(super) fn analyze_if_large(t: &Target, rows: i64, share: f64) {
     if before > 0.0 && rows as f64 >= share * f64::from(before) {
         let statement = format!("ANALYZE {}", t.qualified());
         with_settings(&[("lock_timeout", settings::lock_timeout())], || {
-            with_statement_timeout(settings::statement_timeout(), || {
+            with_statement_timeout(settings::statement_timeout(), t.relid, || {
                 as_role(t.owner, || Spi::run(&statement))
             })
         })
