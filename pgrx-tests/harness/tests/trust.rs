@@ -470,3 +470,39 @@ fn a_batch_that_swallows_its_cancel_is_stopped_and_its_target_disabled() {
         expired(&mut db, "fine") == 0
     });
 }
+
+/// Second review of issue 17: a client's open transaction cannot hold the database's worker.
+/// alice's `reaper_purge` left open holds her target's lock and its counters' row; the worker
+/// skips her target, gives up recording that after `reaper.lock_timeout`, and bob's table,
+/// registered after hers, is still reaped.
+#[test]
+fn an_open_purge_of_one_target_holds_up_no_other() {
+    let (pg, mut db) = with_reaper("trust_open_purge", &["reaper.interval = '1s'"]);
+    sessions_table(&mut db, "alice_t", 10, 1);
+    sessions_table(&mut db, "bob_t", 0, 1);
+    db.batch_execute("SELECT reaper_register('alice_t'); SELECT reaper_register('bob_t');")
+        .unwrap();
+    wait_until("both targets ran once", SOON, || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM reaper_stats() WHERE total_runs > 0",
+        ) == 2
+    });
+    let mut alice = pg.connect("postgres");
+    alice
+        .batch_execute("BEGIN; SELECT * FROM reaper_purge('alice_t');")
+        .unwrap();
+    sessions_more(&mut db, "alice_t");
+    sessions_more(&mut db, "bob_t");
+    wait_until(
+        "bob's table is reaped while alice's purge is open",
+        SOON,
+        || expired(&mut db, "bob_t") == 0,
+    );
+    alice.batch_execute("ROLLBACK").unwrap();
+    wait_until(
+        "alice's table is reaped once her transaction ends",
+        SOON,
+        || expired(&mut db, "alice_t") == 0,
+    );
+}
