@@ -2,7 +2,7 @@
 # test_package.sh — the packages a DBA installs, end to end on this machine's own Postgres 15:
 # META.json and the versions, then the .deb from scripts/package.sh: `dpkg -i` into Debian's
 # postgresql-15; a throwaway cluster run by Debian's own binaries (not $PG_CONFIG's) set up and
-# torn down the way the README's "Installing" and "Removing it" say: shared_preload_libraries by
+# torn down the way the README's "Install" and "Uninstall" say: shared_preload_libraries by
 # ALTER SYSTEM and a restart, CREATE EXTENSION, register + purge + reaper_stats(), the worker;
 # DROP EXTENSION, the library out of shared_preload_libraries, `dpkg -r`, the files gone, and the
 # server still starts.
@@ -88,7 +88,7 @@ grep -qx "default_version = '$version'" "$ext/session_reaper.control" ||
 verify=$(dpkg --verify "$PACKAGE" 2>&1) && [ -z "$verify" ] || fail "dpkg --verify: $verify"
 check "dpkg -i installs $(wc -l <<<"$files") files (dpkg --verify agrees), among them $lib/session_reaper.so and $ext/session_reaper.control"
 
-echo "== a cluster of Debian's Postgres 15, set up as the README's \"Installing\" says"
+echo "== a cluster of Debian's Postgres 15, set up as the README's \"Install\" says"
 # Started without the library first, to do what a DBA does on an existing server.
 cluster_start "$cluster_dir" "${PACKAGE_PORT:-54332}" "shared_preload_libraries = ''"
 [ "$(cluster_psql -qAt -c "SHOW data_directory")" = "$cluster_dir/data" ] || fail "cluster"
@@ -142,7 +142,7 @@ workers_are() {
 workers_are 1 || fail "no session_reaper worker started from the packaged library"
 check "the packaged library's background worker runs in the database"
 
-echo "== removal, as the README's \"Removing it\" says"
+echo "== removal, as the README's \"Uninstall\" says"
 cluster_psql -q -c "DROP EXTENSION session_reaper"
 workers_are 0 || fail "the worker stayed after DROP EXTENSION"
 # RESET, not SET ... = '': Postgres would store that as one library named "" and not start.

@@ -57,6 +57,11 @@ pub extern "C-unwind" fn session_reaper_launcher_main(_arg: pg_sys::Datum) {
         pg_sys::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), 0);
     }
     SHARED.exclusive().launcher_pid = unsafe { pg_sys::MyProcPid };
+    // Says, once per start, that the preload took: the DBA's first check after a restart.
+    log!(
+        "session_reaper: launcher started (version {}); a worker starts in each database with the extension",
+        crate::shared::LIBRARY_VERSION
+    );
     let mut launcher = Launcher::default();
     loop {
         let asked = std::mem::take(&mut SHARED.exclusive().rescan);
