@@ -14,7 +14,7 @@
 //! Either way the dead-row condition is part of the DELETE itself, so a row refreshed after the
 //! batch began is re-checked and kept; that re-check is written so that no index can serve it
 //! (see `recheck`). No row lock is taken first: `FOR UPDATE SKIP LOCKED` writes a lock record
-//! per row (measured: 11-19% more WAL).
+//! per row, more WAL for nothing (docs/design.md, "One batch").
 
 use crate::reap::action::Action;
 use crate::reap::target::Target;
@@ -119,7 +119,7 @@ impl Cursor {
                 let which = format!("{which} AND {recheck}");
                 match action {
                     // The common case, as plain as one big DELETE: its row count is the
-                    // statement's own (a RETURNING CTE cost ~20% more per row, measured).
+                    // statement's own (a RETURNING CTE costs more per row).
                     Action::Delete | Action::DropPartitions => {
                         crate::reap::action::delete(&table, &which)
                     }
@@ -216,12 +216,11 @@ fn span_for(wanted: f64, limit: i64, rows_per_page: f64) -> u32 {
 /// The dead-row condition for a statement whose rows are already found by their physical
 /// address (a page range, or the ctids a batch picked): the same in a WHERE clause, but no
 /// index can serve `… IS TRUE`, so the planner keeps the TID scan. With statistics older than
-/// the rows' expiry it estimated one dead row and chose an index scan over every dead row of
-/// the table, each checked against the batch's ctids: 2.7 s for a batch of 10,000 out of
-/// 27,000 dead rows instead of 39 ms (EXPLAIN ANALYZE), and a scan of the whole backlog for
-/// every page range. A table with partitions or children keeps the plain condition: partition
-/// pruning cannot read `IS TRUE` either, and without it every partition, the live ones too,
-/// would be probed for the batch's ctids.
+/// the rows' expiry (the usual case: rows expire by the clock, not by writes) it would estimate
+/// one dead row and choose an index scan over every dead row of the table, each checked
+/// against the batch's ctids, for every batch. A table with partitions or children keeps the
+/// plain condition: partition pruning cannot read `IS TRUE` either, and without it every
+/// partition, the live ones too, would be probed for the batch's ctids.
 fn recheck(target: &Target, dead: &str) -> String {
     if target.has_children {
         dead.to_string()

@@ -73,8 +73,8 @@ pub fn record(run: &Run) -> f64 {
     };
     let schema = ext_schema();
     // What the run left behind. A complete run left only rows that expired while it ran;
-    // looking would cost an index walk over every entry it just deleted (205 ms after 500,000
-    // rows, measured), so only a run that stopped early is measured, as the table's owner.
+    // looking would cost an index walk over every entry it just deleted, so only a run that
+    // stopped early is measured, as the table's owner.
     let backlog = match (&run.target.target, run.complete) {
         (Ok(_), true) => crate::reap::backlog::Backlog {
             rows: Some(0),

@@ -14,15 +14,13 @@ static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// How often each target is checked when it has no schedule of its own.
 static INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 
-/// Rows deleted per transaction. 10,000 rows of a 256-byte sessions table delete in 16-21 ms
-/// (MEASUREMENTS.md, ctid batches with the expiry re-checked): short enough that no
-/// transaction holds locks or an old snapshot for long, large enough that the per-batch cost
-/// (one index descent, one commit) stays small against the rows.
+/// Rows deleted per transaction: small enough that no transaction holds locks or an old
+/// snapshot for long, large enough that the per-batch cost (one index descent, one commit)
+/// stays small against the rows (the measurements: docs/design.md, "The settings' defaults").
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
-/// Pause between two batches of the worker. With 10,000-row batches, 50 ms kept foreground p99
-/// at 1.7x and 100 ms at 1.19x of its baseline while clearing 153k and 85k rows/s
-/// (MEASUREMENTS.md); 75 ms sits between the two.
+/// Pause between two batches of the worker: the application's share of the machine while a
+/// backlog is cleared (chosen from the measurements in docs/design.md and bench/README.md).
 static BATCH_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(75);
 
 /// Longest one target may run per wake; the rest waits for its next scheduled run.
