@@ -119,16 +119,20 @@ unsafe extern "C-unwind" fn process_utility(
     // or no-op one (IF NOT EXISTS of an installed extension) by any role asks for nothing.
     let about_us = names_session_reaper(stmt);
     let installed_before = about_us && session_reaper_installed();
-    call_next(
-        pstmt,
-        query,
-        read_only_tree,
-        context,
-        params,
-        query_env,
-        dest,
-        qc,
-    );
+    let next = PREV_PROCESS_UTILITY.unwrap_or(raw::standard_ProcessUtility);
+    // An ERROR inside becomes a Rust panic here, and Postgres' again at our #[pg_guard].
+    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+        next(
+            pstmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        )
+    });
     if !about_us {
         return;
     }
@@ -164,34 +168,6 @@ unsafe fn names_session_reaper(stmt: *mut pg_sys::Node) -> bool {
 /// Whether session_reaper is installed in the current database (as this transaction sees it).
 unsafe fn session_reaper_installed() -> bool {
     pg_sys::get_extension_oid(c"session_reaper".as_ptr(), true) != pg_sys::InvalidOid
-}
-
-/// Runs the next ProcessUtility in the chain (Postgres' own at its end).
-#[allow(clippy::too_many_arguments)]
-unsafe fn call_next(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let next = PREV_PROCESS_UTILITY.unwrap_or(raw::standard_ProcessUtility);
-    // An ERROR inside becomes a Rust panic here, and Postgres' again at our #[pg_guard].
-    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-        next(
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        )
-    })
 }
 
 /// Stops the worker of the database this DROP DATABASE drops, and waits (briefly) until it is

@@ -72,21 +72,7 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 pub fn with_settings<R>(settings: &[(&str, String)], f: impl FnOnce() -> R) -> R {
     let _settings = SettingsGuard::open();
     for (name, value) in settings {
-        let name = CString::new(*name).expect("setting names have no NUL");
-        let value = CString::new(value.as_str()).expect("setting values have no NUL");
-        // SAFETY: sets a setting at the nest level opened above.
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                pgrx::PgLogLevel::ERROR as i32,
-                false,
-            );
-        }
+        set(name, value, pg_sys::GucAction::GUC_ACTION_SAVE);
     }
     f()
 }
@@ -94,16 +80,22 @@ pub fn with_settings<R>(settings: &[(&str, String)], f: impl FnOnce() -> R) -> R
 /// Sets a setting for the rest of this process's session (outside any block): the worker
 /// bounds its own lock waits this way (see `worker::database`).
 pub fn set_for_session(name: &str, value: &str) {
+    set(name, value, pg_sys::GucAction::GUC_ACTION_SET);
+}
+
+/// `SET name = value` at the current nest level: SAVE to be put back when it closes, SET for
+/// the session.
+fn set(name: &str, value: &str, action: pg_sys::GucAction::Type) {
     let name = CString::new(name).expect("setting names have no NUL");
     let value = CString::new(value).expect("setting values have no NUL");
-    // SAFETY: a session-level SET of a user-settable setting in this backend.
+    // SAFETY: a SET of a user-settable setting in this backend.
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
+            action,
             true,
             pgrx::PgLogLevel::ERROR as i32,
             false,
