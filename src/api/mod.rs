@@ -1,6 +1,7 @@
 //! The SQL API: thin `#[pg_extern]` functions that check the caller's rights and call the reap
 //! core. Their SQL names, defaults and grants are in sql/api.sql and sql/ddl.sql.
 
+pub mod cluster;
 pub mod compat;
 pub mod ddl;
 pub mod registry;

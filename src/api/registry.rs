@@ -5,6 +5,7 @@
 //! changes nothing. A table has at most one target: registering it again replaces the rule
 //! (all options take the values of the new call), keeping the target's id and its history.
 
+use crate::api::cluster;
 use crate::reap::target::{check_relkind, ColumnKind};
 use crate::reap::{action, predicate, target};
 use crate::shared::errors::{catch_pg_error, OrRaise, ReaperError};
@@ -103,6 +104,7 @@ fn validate(table: &Table, opts: &Options) -> Result<Option<String>, ReaperError
     let name = || table.name.clone();
     check_relkind(&table.name, &table.relkind)?;
     check_owner(&table.name, table.owner, "register")?;
+    crate::reap::citus::check_registrable(&table.name, table.relid, opts.action)?;
     let kind = table.column_kind(opts.column)?;
     let timezone = resolve_timezone(table, opts, kind)?;
     for (option, value) in [("grace", opts.grace), ("ttl", opts.ttl)] {
@@ -310,8 +312,38 @@ fn reaper_register_v2(
         };
         let timezone = validate(&table, &opts).or_raise();
         crate::shared::hooks::wake_worker_at_commit();
-        upsert(&table, &opts, timezone)
+        let id = upsert(&table, &opts, timezone.clone());
+        register_on_workers(&table, &opts, timezone);
+        id
     })
+}
+
+/// On a Citus coordinator, registers a distributed table on every worker node too, with the
+/// same options and the time zone resolved here.
+fn register_on_workers(table: &Table, opts: &Options, timezone: Option<String>) {
+    cluster::on_workers_for(table.relid, |schema, name| {
+        Spi::get_one_with_args::<String>(
+            "SELECT format('SELECT %s.reaper_register(%s, %L, timezone => %L, grace => %L::interval,
+                            ttl => %L::interval, predicate => %L, batch_size => %L::integer,
+                            schedule => %L, action => %L, enabled => %L::boolean)',
+                           $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                schema.into(),
+                name.into(),
+                opts.column.into(),
+                timezone.clone().into(),
+                opts.grace.into(),
+                opts.ttl.into(),
+                opts.predicate.into(),
+                opts.batch_size.into(),
+                opts.schedule.into(),
+                opts.action.into(),
+                opts.enabled.into(),
+            ],
+        )
+        .expect("composing the call for the worker nodes")
+        .expect("format() returns text")
+    });
 }
 
 /// The value of an argument that has no meaning as NULL, or the error that names it: a NULL
@@ -352,6 +384,9 @@ fn reaper_unregister(target: Option<pg_sys::Oid>) {
             Spi::run_with_args(&query, &[registered.id.into()])
         })
         .expect("writing reaper_target");
+        cluster::on_workers_for(target, |schema, name| {
+            format!("SELECT count({schema}.reaper_unregister(target)) FROM {schema}.reaper_stats() WHERE target = {name}::regclass")
+        });
     })
 }
 
@@ -363,5 +398,8 @@ fn reaper_enable(target: Option<pg_sys::Oid>, enabled: Option<bool>) {
     pinned(|| {
         let registered = managed_target(target, "enable or disable");
         target::set_enabled(registered.id, enabled);
+        cluster::on_workers_for(target, |schema, name| {
+            format!("SELECT count({schema}.reaper_enable(target, {enabled})) FROM {schema}.reaper_stats() WHERE target = {name}::regclass")
+        });
     })
 }

@@ -2,6 +2,7 @@
 //! running it. Both act on one target or, given NULL, on every enabled target the caller may
 //! manage; both run as the table's owner.
 
+use crate::api::cluster;
 use crate::api::registry::managed_target;
 use crate::reap::action::Action;
 use crate::reap::batch::{self, Progress};
@@ -63,9 +64,14 @@ fn reaper_purge_v2(
             let run = purge_one(&registered, budget);
             budget = budget.map(|b| b - run.progress.rows);
             let took_ms = history::record(&run);
+            // The worker nodes record their own runs; the caller sees the cluster's rows.
+            let on_workers = match &registered.target {
+                Ok(t) if t.distributed => purge_on_workers(registered.relid, max_rows),
+                _ => 0,
+            };
             rows.push((
                 registered.relid,
-                run.progress.rows,
+                run.progress.rows + on_workers,
                 run.progress.batches,
                 Interval::from_micros((took_ms * 1000.0) as i64),
                 run.status.as_str().to_string(),
@@ -83,9 +89,7 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
     let (progress, status, error) = match &registered.target {
         Err(e) => (Progress::default(), Status::Error, Some(e.message())),
         Ok(t) if max_rows.is_some_and(|m| m <= 0) => (Progress::default(), Status::Skipped, None),
-        Ok(t) => match in_subtransaction(|| {
-            batch::try_lock(t).then(|| batch::delete_until_done(t, max_rows))
-        }) {
+        Ok(t) => match in_subtransaction(|| purge_locally(t, max_rows)) {
             Ok(Some(progress)) => (progress, Status::Ok, None),
             Ok(None) => (
                 Progress::default(),
@@ -114,6 +118,35 @@ fn purge_one(registered: &Registered, max_rows: Option<i64>) -> Run<'_> {
         error,
         complete,
     }
+}
+
+/// Reaps `t` here, or each of its shards on this node when Citus distributes it (a shard that
+/// another reap holds is left to it); None when another reap holds `t`'s lock.
+fn purge_locally(t: &Target, max_rows: Option<i64>) -> Option<Progress> {
+    if !t.distributed {
+        return batch::try_lock(t).then(|| batch::delete_until_done(t, max_rows));
+    }
+    let mut progress = Progress::default();
+    for (_, shard) in crate::reap::citus::local_shards(t, 0) {
+        let left = max_rows.map(|max| max - progress.rows);
+        if left.is_some_and(|left| left <= 0) || !batch::try_lock(&shard) {
+            continue;
+        }
+        let done = batch::delete_until_done(&shard, left);
+        progress.rows += done.rows;
+        progress.batches += done.batches;
+        progress.longest_batch = progress.longest_batch.max(done.longest_batch);
+    }
+    Some(progress)
+}
+
+/// On a Citus coordinator, purges a distributed table on every worker node (each with
+/// `max_rows` of its own); returns the rows they removed.
+fn purge_on_workers(relid: pg_sys::Oid, max_rows: Option<i64>) -> i64 {
+    let max_rows = max_rows.map_or("NULL".to_string(), |m| m.to_string());
+    cluster::sum(&cluster::on_workers_for(relid, |schema, name| {
+        format!("SELECT coalesce(sum(p.rows_deleted), 0) FROM {schema}.reaper_stats() s, {schema}.reaper_purge(s.target, {max_rows}) p WHERE s.target = {name}::regclass")
+    }))
 }
 
 /// reaper_dry_run says what a reap would remove now and how, deleting nothing.
@@ -240,7 +273,7 @@ fn describe(
 #[pg_extern(sql = false)]
 fn reaper_wake_v3(target: Option<pg_sys::Oid>) -> i64 {
     pinned(|| {
-        let ids: Vec<i64> = chosen_targets(target, "wake")
+        let (ids, woken): (Vec<i64>, Vec<pg_sys::Oid>) = chosen_targets(target, "wake")
             .into_iter()
             .filter(|r| {
                 if !r.enabled {
@@ -248,17 +281,25 @@ fn reaper_wake_v3(target: Option<pg_sys::Oid>) -> i64 {
                 }
                 r.enabled
             })
-            .map(|r| r.id)
-            .collect();
+            .map(|r| (r.id, r.relid))
+            .unzip();
         if !ids.is_empty() {
             history::request_wake(&ids);
             crate::shared::hooks::wake_worker_at_commit();
         }
+        let on_workers: i64 = woken
+            .iter()
+            .map(|relid| {
+                cluster::sum(&cluster::on_workers_for(*relid, |schema, name| {
+                    format!("SELECT coalesce(sum({schema}.reaper_wake(target)), 0) FROM {schema}.reaper_stats() WHERE target = {name}::regclass AND enabled")
+                }))
+            })
+            .sum();
         if !crate::shared::shmem::has_worker(unsafe { pg_sys::MyDatabaseId }.to_u32()) {
             pgrx::notice!(
                 "this database has no session_reaper worker running: the targets run when it starts"
             );
         }
-        ids.len() as i64
+        ids.len() as i64 + on_workers
     })
 }

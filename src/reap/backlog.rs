@@ -18,9 +18,30 @@ pub struct Backlog {
     pub oldest_expiry: Option<TimestampWithTimeZone>,
 }
 
+impl Backlog {
+    /// The backlog of two tables together (a Citus table's shards on one node).
+    fn plus(self, other: Backlog) -> Backlog {
+        Backlog {
+            rows: Some(self.rows.unwrap_or(0) + other.rows.unwrap_or(0)),
+            oldest_expiry: match (self.oldest_expiry, other.oldest_expiry) {
+                (Some(a), Some(b)) => Some(std::cmp::min_by_key(a, b, |t| {
+                    pg_sys::TimestampTz::from(*t)
+                })),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
 /// Measures the backlog of `t` now, as its owner. Both figures are NULL when the table cannot
 /// be read right now (a lock held past 100 ms, a changed column): a run is recorded regardless.
 pub fn measure(t: &Target) -> Backlog {
+    if t.distributed {
+        return crate::reap::citus::local_shards(t, 0)
+            .iter()
+            .map(|(_, shard)| measure(shard))
+            .fold(Backlog::default(), Backlog::plus);
+    }
     let (table, dead) = (t.qualified(), t.dead_condition());
     let oldest = format!(
         "SELECT (SELECT {} FROM {table} WHERE {dead} ORDER BY {} LIMIT 1)",

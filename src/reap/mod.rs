@@ -4,6 +4,7 @@
 pub mod action;
 pub mod backlog;
 pub mod batch;
+pub mod citus;
 pub mod cursor;
 pub mod history;
 pub mod partitions;

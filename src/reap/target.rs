@@ -67,6 +67,8 @@ pub struct Target {
     pub predicate: Option<String>,
     pub batch_size: Option<i32>,
     pub action: Action,
+    /// A Citus table: its rows are in the shards on each node (citus.rs), not in `relid`.
+    pub distributed: bool,
 }
 
 /// One row of the registry: its identity, and the target or why it cannot run.
@@ -115,7 +117,7 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                 (SELECT ac.oid FROM pg_catalog.pg_class ac WHERE ac.oid = t.archive_table),
                 c.relkind = 'p' OR c.relhassubclass,
                 extract(epoch FROM t.registered_at)::float8, extract(epoch FROM t.updated_at)::float8,
-                s.wake_requested_at IS NOT NULL
+                s.wake_requested_at IS NOT NULL, {sharded}
            FROM {schema}.reaper_target t
            LEFT JOIN {schema}.reaper_state s ON s.target_id = t.id
            LEFT JOIN pg_catalog.pg_class c ON c.oid = t.relid
@@ -124,7 +126,8 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
                                                AND a.attnum > 0 AND NOT a.attisdropped
           WHERE $1::oid IS NULL OR t.relid = $1::oid
           ORDER BY t.id",
-        schema = ext_schema()
+        schema = ext_schema(),
+        sharded = crate::reap::citus::sharded_condition("c.oid")
     );
     // Read as the extension's owner: callers filter by their own rights afterwards.
     as_role(ext_owner(), || {
@@ -189,6 +192,7 @@ fn from_row(row: &pgrx::spi::SpiHeapTupleData) -> pgrx::spi::Result<Registered> 
                         predicate: row.get(14)?,
                         batch_size: row.get(15)?,
                         action,
+                        distributed: row.get(27)?.unwrap_or(false),
                     }),
                 },
             }

@@ -121,6 +121,20 @@ pub enum ReaperError {
         table: String,
         timeout: std::time::Duration,
     },
+    /// A Citus table with copies on several nodes: node-local deletes would split the copies.
+    CitusReplicated {
+        table: String,
+    },
+    /// A Citus table with an action other than delete.
+    CitusAction {
+        table: String,
+        action: String,
+    },
+    /// A Citus worker node refused a registration the coordinator repeats there.
+    CitusNode {
+        node: String,
+        error: String,
+    },
     /// A column of type timestamp/date whose target has no time zone recorded.
     TimezoneMissing {
         table: String,
@@ -170,6 +184,10 @@ impl ReaperError {
             Self::UpdateRepeats { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             Self::NothingRemoved { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Self::Runaway { .. } => ERRCODE_QUERY_CANCELED,
+            Self::CitusReplicated { .. } | Self::CitusAction { .. } => {
+                ERRCODE_FEATURE_NOT_SUPPORTED
+            }
+            Self::CitusNode { .. } => ERRCODE_CONNECTION_FAILURE,
             Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -264,6 +282,15 @@ impl ReaperError {
                 crate::shared::settings::RUNAWAY_GRACE.as_secs(),
                 timeout.as_secs()
             ),
+            Self::CitusReplicated { table } => format!(
+                "table \"{table}\" is a Citus table with a copy of its rows on more than one node: session_reaper reaps only tables whose shards each have one placement"
+            ),
+            Self::CitusAction { table, action } => format!(
+                "action \"{action}\" is not supported for Citus table \"{table}\": only action \"delete\" is"
+            ),
+            Self::CitusNode { node, error } => {
+                format!("Citus worker node {node} did not apply the change: {error}")
+            }
             Self::NothingRemoved { table } => format!(
                 "batches on table \"{table}\" pick dead rows but remove none of them: the run is stopped"
             ),
@@ -356,6 +383,13 @@ impl ReaperError {
             Self::Runaway { table, .. } => format!(
                 "Code of the table's owner (a trigger, the predicate, a function they call) caught the statement timeout's cancel and went on. Fix it, then: SELECT reaper_enable('{table}', true);"
             ),
+            Self::CitusReplicated { .. } => {
+                "Reap a reference table with one DELETE through the coordinator (from pg_cron), or distribute the table with citus.shard_replication_factor = 1.".into()
+            }
+            Self::CitusAction { .. } => "Register it with action => 'delete'.".into(),
+            Self::CitusNode { .. } => {
+                "Bring the node back (or remove it with citus_remove_node), then run the same call again: it is applied on every node anew.".into()
+            }
             Self::NothingRemoved { .. } => {
                 "Look for a BEFORE DELETE (or UPDATE) trigger that returns NULL, or a row-level security policy for DELETE narrower than the one for SELECT, on the table; or narrow the target's predicate to the rows that may go.".into()
             }

@@ -37,12 +37,22 @@ pub fn quote_literal(value: &str) -> String {
 /// (A non-ISO DateStyle prints zone abbreviations, and `IST` of Europe/Dublin reads back as
 /// Israel's: a partition bound an hour early.)
 pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
-    let settings = [
+    let mut settings = vec![
         ("search_path", INTERNAL_SEARCH_PATH.to_string()),
         ("IntervalStyle", "postgres".to_string()),
         ("DateStyle", "ISO, YMD".to_string()),
     ];
+    // Citus hides its shards from queries on pg_class; the reaper reads their sizes there.
+    if setting_exists(c"citus.override_table_visibility") {
+        settings.push(("citus.override_table_visibility", "off".to_string()));
+    }
     with_settings(&settings, f)
+}
+
+/// Whether a setting is defined in this process (an extension's, once its library is loaded).
+fn setting_exists(name: &CStr) -> bool {
+    // SAFETY: a lookup by name; missing_ok, so NULL for an unknown setting.
+    !unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) }.is_null()
 }
 
 pub use crate::shared::LIBRARY_VERSION;

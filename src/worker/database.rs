@@ -9,7 +9,7 @@
 
 use crate::reap::batch::{self, Batch, Locked};
 use crate::reap::history;
-use crate::reap::target::{self, Registered};
+use crate::reap::target::{self, Registered, Target};
 use crate::shared::errors::ReaperError;
 use crate::shared::settings;
 use crate::shared::shmem::{
@@ -92,8 +92,11 @@ enum Look {
 
 /// What one batch's transaction found and did.
 enum Step {
-    /// The batch ran (None: another reap holds the table's lock), under this rule.
-    Ran(Option<Batch>, Box<Registered>),
+    /// The batch ran (None: another reap holds the table's lock), under this rule, on this
+    /// Citus shard.
+    Ran(Option<Batch>, Box<Registered>, Option<(i64, Box<Target>)>),
+    /// A Citus table has no shard left on this node after the one in progress.
+    NoMoreShards,
     Stop,
     Broken(PgSqlErrorCode, String),
     ExtensionDropped,
@@ -217,9 +220,10 @@ impl Worker {
             set_worker_state(WorkerState::Reaping, running.target.relid);
             let batch_started = Instant::now();
             let step = in_transaction(|| pinned(|| batch_step(running, started_at)));
-            let (batch, now) = match step {
-                Ok(Step::Ran(Some(batch), now)) => (batch, now),
-                Ok(Step::Ran(None, _)) => return TurnEnd::Skipped,
+            let (batch, now, shard) = match step {
+                Ok(Step::Ran(Some(batch), now, shard)) => (batch, now, shard),
+                Ok(Step::Ran(None, ..)) => return TurnEnd::Skipped,
+                Ok(Step::NoMoreShards) => return TurnEnd::Done,
                 Ok(Step::Stop) => return TurnEnd::Stopped,
                 Ok(Step::Broken(code, message)) => return TurnEnd::Failed(code, message),
                 Ok(Step::ExtensionDropped) => return TurnEnd::ExtensionDropped,
@@ -236,15 +240,19 @@ impl Worker {
             };
             if now.updated_at != running.target.updated_at {
                 running.cursor = None;
+                running.shard = 0;
             }
             running.target = *now;
             let batch_ended = Instant::now();
             running.progress.add(&batch, batch_ended - batch_started);
-            let t = running
-                .target
-                .target
-                .as_ref()
-                .expect("checked by batch_step");
+            let t = match &shard {
+                Some((_, on)) => on,
+                None => running
+                    .target
+                    .target
+                    .as_ref()
+                    .expect("checked by batch_step"),
+            };
             debug1!(
                 "session_reaper: {}: batch of {} rows committed in {:.1} ms",
                 t.name,
@@ -262,10 +270,14 @@ impl Worker {
             if let Some(pages) = batch.pages.filter(|_| batch.deleted > 0 && pausing) {
                 prune_behind(t, pages);
             }
-            let Some(next) = batch.next else {
-                return TurnEnd::Done;
-            };
-            running.cursor = Some(next);
+            running.cursor = batch.next;
+            match (&running.cursor, shard) {
+                (None, None) => return TurnEnd::Done,
+                // This shard is done: the next batch starts on the next one.
+                (None, Some((id, _))) => running.shard = id + 1,
+                (Some(_), Some((id, _))) => running.shard = id,
+                (Some(_), None) => {}
+            }
             throttle(batch.deleted, batch_started, batch_ended);
         }
         TurnEnd::MoreWork
@@ -314,20 +326,31 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
         Ok(t) => t,
         Err(e) => return Step::Broken(e.sqlstate(), e.message()),
     };
-    let cursor = running
-        .cursor
-        .as_ref()
-        .filter(|_| now.updated_at == running.target.updated_at);
-    let batch = with_statement_timeout(settings::statement_timeout(), t.relid, || {
-        batch::try_lock(t)
-            .then(|| batch::delete_batch(t, t.batch_size(), cursor, false, running.locked))
+    // A Citus table's batch runs on the shard in progress here, or the next one.
+    let shard = match t.distributed {
+        false => None,
+        true => match crate::reap::citus::next_shard(t, running.shard) {
+            Some(shard) => Some(shard),
+            None => return Step::NoMoreShards,
+        },
+    };
+    let (on, cursor) = match &shard {
+        None => (t, running.cursor.as_ref()),
+        // A shard passed over (moved away meanwhile) leaves its cursor behind.
+        Some((id, on)) => (on, running.cursor.as_ref().filter(|_| *id == running.shard)),
+    };
+    let cursor = cursor.filter(|_| now.updated_at == running.target.updated_at);
+    let batch = with_statement_timeout(settings::statement_timeout(), on.relid, || {
+        batch::try_lock(on)
+            .then(|| batch::delete_batch(on, on.batch_size(), cursor, false, running.locked))
     });
     if let Some(batch) = &batch {
         let mut progress = running.progress;
         progress.add(batch, Duration::ZERO);
         history::note_progress(now.id, started_at, &progress);
     }
-    Step::Ran(batch, Box::new(now))
+    let shard = shard.map(|(id, on)| (id, Box::new(on)));
+    Step::Ran(batch, Box::new(now), shard)
 }
 
 /// Adds to the round the targets that are due now and not already in it.

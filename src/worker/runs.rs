@@ -43,6 +43,9 @@ pub(super) struct Running {
     pub(super) cursor: Option<Cursor>,
     /// Whether batches wait for locked rows (until one timed out) or skip them.
     pub(super) locked: Locked,
+    /// A Citus table's shard in progress (`cursor` is a position in it), or the first shard
+    /// id the next batch may start on.
+    pub(super) shard: i64,
 }
 
 impl Running {
@@ -53,6 +56,7 @@ impl Running {
             progress: Progress::default(),
             cursor: None,
             locked: Locked::Wait,
+            shard: 0,
         }
     }
 
@@ -184,7 +188,14 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
             ),
         );
     }
-    if let (Ok(t), Some(share)) = (&running.target.target, settings::analyze_after()) {
+    // A Citus table's shards are analyzed by each node's autovacuum: its shell holds no rows.
+    let analyzed = running
+        .target
+        .target
+        .as_ref()
+        .ok()
+        .filter(|t| !t.distributed);
+    if let (Some(t), Some(share)) = (analyzed, settings::analyze_after()) {
         if running.progress.rows > 0 {
             let analyzed =
                 in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)));
