@@ -12,6 +12,9 @@ pub mod stats;
 pub mod tests;
 
 #[cfg(any(test, feature = "pg_test"))]
+pub mod registry_tests;
+
+#[cfg(any(test, feature = "pg_test"))]
 pub mod trust_tests;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -303,3 +303,83 @@ fn reaper_wake_v3(target: Option<pg_sys::Oid>) -> i64 {
         ids.len() as i64 + on_workers
     })
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::{count, run, sessions_table};
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn dry_run_reports_and_deletes_nothing() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES
+               ('a', now() - interval '30 minutes'), ('b', now() - interval '2 hours'),
+               ('c', now() - interval '7 hours'), ('d', now() - interval '2 days'), ('e', now() + interval '1 hour')");
+        run("SELECT reaper_register('sessions')");
+        let buckets = Spi::get_one::<String>(
+            "SELECT concat_ws(',', would_delete, expired_lt_1h, expired_1h_6h, expired_6h_24h, expired_gt_24h, uses_index)
+               FROM reaper_dry_run('sessions')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(buckets, "4,1,1,1,1,f");
+        assert_eq!(count("SELECT count(*) FROM sessions"), 5);
+        let advice = Spi::get_one::<String>("SELECT index_advice FROM reaper_dry_run('sessions')")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            advice,
+            "CREATE INDEX CONCURRENTLY ON public.sessions (expires_at);"
+        );
+        run("CREATE INDEX ON sessions (expires_at)");
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT uses_index FROM reaper_dry_run('sessions')").unwrap(),
+            Some(true)
+        );
+        // The statement shown is the one purge runs: running it by hand deletes the same rows.
+        let statement = Spi::get_one::<String>("SELECT statement FROM reaper_dry_run('sessions')")
+            .unwrap()
+            .unwrap();
+        run(&statement);
+        assert_eq!(count("SELECT count(*) FROM sessions"), 1);
+    }
+
+    #[pg_test]
+    fn a_broken_target_is_reported_and_the_others_still_run() {
+        sessions_table();
+        run("CREATE TABLE tokens (id int, expires_at timestamptz)");
+        run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 day')");
+        run("INSERT INTO tokens VALUES (1, now() - interval '1 day')");
+        run("SELECT reaper_register('tokens'); SELECT reaper_register('sessions')");
+        run("ALTER TABLE tokens RENAME COLUMN expires_at TO valid_to");
+        // The rename disabled the target (issue 17 item 15); switched back on, it fails each run.
+        run("SELECT reaper_enable('tokens', true)");
+        let statuses = Spi::get_one::<String>(
+            "SELECT string_agg(target::text || ':' || status || ':' || rows_deleted, ',' ORDER BY target::text) FROM reaper_purge()",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(statuses, "sessions:ok:1,tokens:error:0");
+        assert_eq!(
+            count("SELECT total_errors FROM reaper_stats() WHERE target = 'tokens'::regclass"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM tokens"), 1);
+    }
+
+    #[pg_test]
+    fn disabled_targets_are_left_alone_by_a_purge_of_all() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES ('dead', now() - interval '1 day')");
+        run("SELECT reaper_register('sessions', enabled => false)");
+        assert_eq!(count("SELECT count(*) FROM reaper_purge()"), 0);
+        run("SELECT reaper_enable('sessions', true)");
+        assert_eq!(
+            count("SELECT sum(rows_deleted)::bigint FROM reaper_purge()"),
+            1
+        );
+        run("SELECT reaper_unregister('sessions')");
+        assert_eq!(count("SELECT count(*) FROM reaper_targets"), 0);
+    }
+}

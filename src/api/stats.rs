@@ -74,3 +74,41 @@ fn timestamp(unix_seconds: f64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros)
         .unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity())
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::{count, run, sessions_table};
+    use pgrx::prelude::*;
+
+    /// reaper_stats() is what its view says, and Postgres plans the two as one query: no call
+    /// of reaper_stats() or of reaper_can_see() per row is left in the plan (what keeps it
+    /// cheap with thousands of targets; bench/idle_and_scale.sh measures it).
+    #[pg_test]
+    fn stats_are_one_inlined_query_equal_to_their_view() {
+        sessions_table();
+        run("CREATE TABLE tokens (expires_at timestamptz NOT NULL)");
+        run("SELECT reaper_register('sessions')");
+        run("SELECT reaper_register('tokens', schedule => '0 4 * * *', enabled => false)");
+        run("SELECT * FROM reaper_purge('sessions')");
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT * FROM reaper_stats()
+                                       EXCEPT SELECT * FROM reaper_target_stats) d"
+            ),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM reaper_target_stats"), 2);
+        let plan = Spi::get_one::<pgrx::Json>(
+            "EXPLAIN (FORMAT JSON, VERBOSE) SELECT * FROM reaper_stats()",
+        )
+        .unwrap()
+        .unwrap()
+        .0
+        .to_string();
+        for call in ["reaper_stats", "reaper_can_see"] {
+            assert!(!plan.contains(call), "{call} in the plan: {plan}");
+        }
+        assert!(plan.contains("has_table_privilege"), "{plan}");
+    }
+}

@@ -82,3 +82,35 @@ pub fn measure(t: &Target) -> Backlog {
     })
     .unwrap_or_default()
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::{count, run, sessions_table};
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn stats_show_the_backlog() {
+        sessions_table();
+        run("CREATE INDEX ON sessions (expires_at)");
+        run("INSERT INTO sessions (token, expires_at) SELECT 't' || g, now() - g * interval '1 minute' FROM generate_series(1, 500) g");
+        run("ANALYZE sessions");
+        run("SELECT reaper_register('sessions')");
+        // Before any run nothing was measured; a run that stops early leaves what it left.
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_stats() WHERE dead_rows_estimate IS NULL AND backlog_at IS NULL"),
+            1
+        );
+        run("SELECT * FROM reaper_purge('sessions', max_rows => 100)");
+        assert_eq!(count("SELECT dead_rows_estimate FROM reaper_stats()"), 400);
+        let oldest_minutes =
+            count("SELECT extract(epoch FROM oldest_dead_age)::bigint / 60 FROM reaper_stats()");
+        assert_eq!(oldest_minutes, 400);
+        // A complete run leaves nothing behind.
+        run("SELECT * FROM reaper_purge('sessions')");
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_stats() WHERE dead_rows_estimate = 0 AND oldest_dead_age IS NULL"),
+            1
+        );
+    }
+}

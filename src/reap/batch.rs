@@ -213,3 +213,52 @@ pub fn delete_until_done(target: &Target, max_rows: Option<i64>) -> Progress {
         }
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::{count, run, sessions_table};
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn purge_deletes_in_batches_and_respects_max_rows() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) SELECT 't' || g, now() - interval '1 hour' FROM generate_series(1, 250) g");
+        run("SELECT reaper_register('sessions', batch_size => 100)");
+        let (rows, batches) = Spi::get_two::<i64, i32>(
+            "SELECT rows_deleted, batches FROM reaper_purge('sessions', max_rows => 120)",
+        )
+        .unwrap();
+        assert_eq!((rows, batches), (Some(120), Some(2)));
+        // Without max_rows and without an index, the rest goes by page ranges.
+        let rows = count("SELECT rows_deleted FROM reaper_purge('sessions')");
+        assert_eq!(rows, 130);
+        assert_eq!(count("SELECT total_deleted FROM reaper_stats()"), 250);
+        assert_eq!(count("SELECT total_runs FROM reaper_stats()"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_history WHERE trigger = 'manual' AND status = 'ok'"),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn a_purge_acts_as_the_table_owner_so_row_level_security_applies() {
+        sessions_table();
+        run("INSERT INTO sessions (token, expires_at) VALUES ('mine', now() - interval '1 day'), ('theirs', now() - interval '1 day')");
+        run("CREATE ROLE reaper_rls_owner");
+        run("ALTER TABLE sessions OWNER TO reaper_rls_owner");
+        run("ALTER TABLE sessions ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY");
+        run("CREATE POLICY only_mine ON sessions USING (token = 'mine')");
+        // Run as a superuser: the policy still binds, because the DELETE runs as the owner.
+        run("SELECT reaper_register('sessions')");
+        assert_eq!(
+            count("SELECT rows_deleted FROM reaper_purge('sessions')"),
+            1
+        );
+        run("ALTER TABLE sessions NO FORCE ROW LEVEL SECURITY");
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE token = 'theirs'"),
+            1
+        );
+    }
+}

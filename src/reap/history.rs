@@ -282,3 +282,28 @@ pub fn prune() -> i64 {
     })
     .expect("pruning reaper_run")
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::run;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn last_success_at_is_kept_when_a_later_run_fails() {
+        run("CREATE TABLE tokens (id int, expires_at timestamptz)");
+        run("SELECT reaper_register('tokens')");
+        run("SELECT * FROM reaper_purge('tokens')");
+        let stats = "SELECT last_status || ':' || (last_success_at = last_run_at) || ':' || last_success_at FROM reaper_stats()";
+        let first = Spi::get_one::<String>(stats).unwrap().unwrap();
+        assert!(first.starts_with("ok:true:"), "{first}");
+        run("ALTER TABLE tokens RENAME COLUMN expires_at TO valid_to");
+        run("SELECT * FROM reaper_purge('tokens')");
+        let second = Spi::get_one::<String>(stats).unwrap().unwrap();
+        assert_eq!(
+            second,
+            first.replacen("ok:true:", "error:false:", 1),
+            "an error moves last_run_at, not last_success_at"
+        );
+    }
+}

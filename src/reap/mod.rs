@@ -14,3 +14,9 @@ pub mod target;
 
 #[cfg(any(test, feature = "pg_test"))]
 pub mod action_tests;
+
+#[cfg(any(test, feature = "pg_test"))]
+pub mod cursor_tests;
+
+#[cfg(any(test, feature = "pg_test"))]
+pub mod target_tests;

@@ -115,3 +115,20 @@ fn parses_as_one_condition(predicate: &str) -> Result<bool, (PgSqlErrorCode, Str
 pub(crate) unsafe fn raw_parse(sql: &CString) -> *mut pg_sys::List {
     pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::{count, run, sessions_table};
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_valid_predicate_with_parentheses_and_strings_is_kept() {
+        sessions_table();
+        run("SELECT reaper_register('sessions', predicate => $$(NOT pinned) AND token <> ')'$$)");
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_targets WHERE predicate IS NOT NULL"),
+            1
+        );
+    }
+}

@@ -93,3 +93,37 @@ fn parse_interval(text: &str) -> Result<String, String> {
         _ => Err("an interval schedule must be at least 1 second".to_string()),
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::api::tests::tests::{count, run, sessions_table};
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn next_run_follows_the_interval_or_the_cron_schedule_in_utc() {
+        sessions_table();
+        run("CREATE TABLE codes (id int, expires_at timestamptz NOT NULL)");
+        run("SELECT reaper_register('sessions', schedule => '15 min')");
+        run("SELECT reaper_register('codes', schedule => '0 4 * * *')");
+        // Never run: the interval target is due now, the cron one at its first cron time
+        // (trust_tests.rs).
+        assert_eq!(
+            count("SELECT count(*) FROM reaper_stats() WHERE next_run_at <= clock_timestamp()"),
+            1
+        );
+        run("SELECT reaper_purge()");
+        let interval = count(
+            "SELECT extract(epoch FROM next_run_at - last_run_at)::bigint FROM reaper_stats() WHERE target = 'sessions'::regclass",
+        );
+        assert_eq!(interval, 15 * 60);
+        let cron = Spi::get_one::<bool>(
+            "SELECT next_run_at = date_trunc('day', last_run_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                                  + CASE WHEN extract(hour FROM last_run_at AT TIME ZONE 'UTC') < 4
+                                         THEN interval '4 hours' ELSE interval '28 hours' END
+               FROM reaper_stats() WHERE target = 'codes'::regclass",
+        )
+        .unwrap();
+        assert_eq!(cron, Some(true), "the next 04:00 UTC after the last run");
+    }
+}

@@ -164,258 +164,278 @@ pub enum ReaperError {
     },
 }
 
+/// What Postgres is told of one error: its SQLSTATE, its message and its hint.
+struct Parts {
+    code: PgSqlErrorCode,
+    message: String,
+    hint: String,
+}
+
+fn parts(code: PgSqlErrorCode, message: String, hint: impl Into<String>) -> Parts {
+    Parts {
+        code,
+        message,
+        hint: hint.into(),
+    }
+}
+
+/// The hint of an update that needs (or lacked) a predicate the update makes false.
+const PREDICATE_THE_UPDATE_MAKES_FALSE: &str = "Pass a predicate that the update makes false, such as predicate => 'ended_at IS NULL' with update_set => 'ended_at = expires_at'.";
+
 impl ReaperError {
-    pub fn sqlstate(&self) -> PgSqlErrorCode {
+    /// Each error's SQLSTATE, message and hint, written together: one arm per error.
+    fn parts(&self) -> Parts {
         use PgSqlErrorCode::*;
         match self {
-            Self::NotATable { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            Self::TableMissing { .. } => ERRCODE_UNDEFINED_TABLE,
-            Self::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN,
-            Self::WrongColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
-            Self::NotOwner { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            Self::NotRegistered { .. } => ERRCODE_UNDEFINED_OBJECT,
-            Self::BadPredicate { code, .. } => *code,
-            Self::PredicateWithDrop { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
-            Self::NotRangePartitioned { .. } => ERRCODE_WRONG_OBJECT_TYPE,
-            Self::ArchiveMissing { .. } => ERRCODE_UNDEFINED_TABLE,
-            Self::ArchiveMismatch { .. } => ERRCODE_DATATYPE_MISMATCH,
-            Self::ArchiveNoInsert { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            Self::BadUpdateSet { code, .. } => *code,
-            Self::UpdateRepeats { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
-            Self::NothingRemoved { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            Self::Runaway { .. } => ERRCODE_QUERY_CANCELED,
-            Self::CitusReplicated { .. } | Self::CitusAction { .. } => {
-                ERRCODE_FEATURE_NOT_SUPPORTED
-            }
-            Self::CitusNode { .. } => ERRCODE_CONNECTION_FAILURE,
-            Self::TimezoneMissing { .. } | Self::OldVersion { .. } => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
-            Self::NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            Self::ArchiveInUse { .. } => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-            Self::DisabledByDdl { reason, .. } => reason.sqlstate(),
-            Self::BadBatchSize { .. }
-            | Self::NegativeInterval { .. }
-            | Self::BadSchedule { .. }
-            | Self::BadTimezone { .. }
-            | Self::TimezoneNotApplicable { .. }
-            | Self::UnknownAction { .. }
-            | Self::ActionNeeds { .. }
-            | Self::OptionUnused { .. }
-            | Self::BadMaxRows { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            Self::NotATable { table, kind } => parts(
+                ERRCODE_WRONG_OBJECT_TYPE,
+                format!("\"{table}\" is a {kind}, not a table: session_reaper can only reap tables"),
+                "Register the table the view or foreign table reads from.",
+            ),
+            Self::TableMissing { target } => parts(
+                ERRCODE_UNDEFINED_TABLE,
+                format!("the table of target {target} no longer exists"),
+                format!("Remove the target with: SELECT reaper_unregister({target});"),
+            ),
+            Self::ColumnMissing { table, column } => parts(
+                ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{column}\" of table \"{table}\" does not exist"),
+                format!(
+                    "Name the expiry column: SELECT reaper_register('{table}', 'expires_at_column');"
+                ),
+            ),
+            Self::WrongColumnType { table, column, type_name } => parts(
+                ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "column \"{column}\" of table \"{table}\" has type {type_name}, which cannot hold an expiry time"
+                ),
+                "Use a timestamptz, timestamp, date, or integer/bigint epoch-seconds column.",
+            ),
+            Self::NotOwner { table, action } => parts(
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("must be owner of table \"{table}\" to {action} it"),
+                "Connect as the table's owner, a member of its owning role, or a superuser.",
+            ),
+            Self::NotRegistered { table } => parts(
+                ERRCODE_UNDEFINED_OBJECT,
+                format!("table \"{table}\" is not registered with session_reaper"),
+                format!("Register it first: SELECT reaper_register('{table}');"),
+            ),
+            Self::BadBatchSize { table, batch_size } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid batch_size {batch_size} for table \"{table}\": must be a positive number of rows"
+                ),
+                "Pass a positive batch_size, or NULL to use reaper.batch_size.",
+            ),
+            Self::NegativeInterval { table, option } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid {option} for table \"{table}\": must not be negative"),
+                "Pass a positive interval such as '1 hour'.",
+            ),
+            Self::BadSchedule { table, schedule, reason } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid schedule \"{schedule}\" for table \"{table}\": {reason}"),
+                "Use an interval such as '15 min', or a 5-field cron expression in UTC such as '0 4 * * *'.",
+            ),
+            Self::BadTimezone { table, timezone } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid timezone \"{timezone}\" for table \"{table}\": time zone not recognized"
+                ),
+                "Use a name from pg_timezone_names, such as 'UTC' or 'America/New_York'.",
+            ),
+            Self::TimezoneNotApplicable { table, column } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "timezone does not apply to column \"{column}\" of table \"{table}\": its values are already absolute times"
+                ),
+                "Omit timezone: it is needed only for timestamp without time zone and date columns.",
+            ),
+            Self::BadPredicate { table, reason, code } => parts(
+                *code,
+                format!("invalid predicate for table \"{table}\": {reason}"),
+                "The predicate must be one boolean SQL expression over the table's columns, such as 'NOT is_pinned'.",
+            ),
+            Self::UnknownAction { table, action } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid action \"{action}\" for table \"{table}\""),
+                "Use one of: delete, archive, drop_partitions, update.",
+            ),
+            Self::ActionNeeds { table, action, option } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("action \"{action}\" for table \"{table}\" needs {option}"),
+                match *option {
+                    "archive_table" => "Pass archive_table => 'a_table_with_the_same_columns'.",
+                    "update_set" => {
+                        "Pass update_set => 'ended_at = expires_at', a SET list for the dead rows."
+                    }
+                    _ => PREDICATE_THE_UPDATE_MAKES_FALSE,
+                },
+            ),
+            Self::OptionUnused { table, action, option } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{option} does not apply to action \"{action}\" (table \"{table}\")"),
+                "Leave the option out, or choose the action that uses it.",
+            ),
+            Self::PredicateWithDrop { table } => parts(
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "action \"drop_partitions\" for table \"{table}\" cannot take a predicate: dropping a partition removes every row in it"
+                ),
+                "Use action => 'delete' to reap by predicate, or register without one.",
+            ),
+            Self::NotRangePartitioned { table, column, reason } => parts(
+                ERRCODE_WRONG_OBJECT_TYPE,
+                format!(
+                    "action \"drop_partitions\" needs table \"{table}\" range-partitioned by column \"{column}\": {reason}"
+                ),
+                format!(
+                    "Partition the table with PARTITION BY RANGE ({column}) (as pg_partman's create_parent does), or use action => 'delete'."
+                ),
+            ),
+            Self::ArchiveMissing { table } => parts(
+                ERRCODE_UNDEFINED_TABLE,
+                format!("the archive table of target \"{table}\" no longer exists"),
+                format!(
+                    "Register it again with an archive table: SELECT reaper_register('{table}', action => 'archive', archive_table => '...');"
+                ),
+            ),
+            Self::ArchiveMismatch { table, archive, reason } => parts(
+                ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "archive table \"{archive}\" cannot take the rows of table \"{table}\": {reason}"
+                ),
+                format!(
+                    "Give the archive table every column of \"{table}\" with the same type, for example: CREATE TABLE {archive} (LIKE {table});"
+                ),
+            ),
+            Self::ArchiveNoInsert { table, archive, owner } => parts(
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "role \"{owner}\", owner of table \"{table}\", may not insert into archive table \"{archive}\""
+                ),
+                format!("GRANT INSERT ON {archive} TO {owner};"),
+            ),
+            Self::BadUpdateSet { table, reason, code } => parts(
+                *code,
+                format!("invalid update_set for table \"{table}\": {reason}"),
+                "update_set is the list that follows SET in an UPDATE, such as 'ended_at = expires_at'.",
+            ),
+            Self::UpdateRepeats { table, rows } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "update_set of table \"{table}\" left {rows} rows still matching: every run would update them again"
+                ),
+                PREDICATE_THE_UPDATE_MAKES_FALSE,
+            ),
+            Self::BadMaxRows { max_rows } => parts(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid max_rows {max_rows}: must be a positive number of rows"),
+                "Pass a positive max_rows, or NULL for no limit.",
+            ),
+            Self::NothingRemoved { table } => parts(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "batches on table \"{table}\" pick dead rows but remove none of them: the run is stopped"
+                ),
+                "Look for a BEFORE DELETE (or UPDATE) trigger that returns NULL, or a row-level security policy for DELETE narrower than the one for SELECT, on the table; or narrow the target's predicate to the rows that may go.",
+            ),
+            Self::Runaway { table, timeout } => parts(
+                ERRCODE_QUERY_CANCELED,
+                format!(
+                    "target \"{table}\" is disabled: its batch went on {} s past reaper.statement_timeout ({} s), so the worker was stopped",
+                    crate::shared::settings::RUNAWAY_GRACE.as_secs(),
+                    timeout.as_secs()
+                ),
+                format!(
+                    "Code of the table's owner (a trigger, the predicate, a function they call) caught the statement timeout's cancel and went on. Fix it, then: SELECT reaper_enable('{table}', true);"
+                ),
+            ),
+            Self::CitusReplicated { table } => parts(
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "table \"{table}\" is a Citus table with a copy of its rows on more than one node: session_reaper reaps only tables whose shards each have one placement"
+                ),
+                "Reap a reference table with one DELETE through the coordinator (from pg_cron), or distribute the table with citus.shard_replication_factor = 1.",
+            ),
+            Self::CitusAction { table, action } => parts(
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "action \"{action}\" is not supported for Citus table \"{table}\": only action \"delete\" is"
+                ),
+                "Register it with action => 'delete'.",
+            ),
+            Self::CitusNode { node, error } => parts(
+                ERRCODE_CONNECTION_FAILURE,
+                format!("Citus worker node {node} did not apply the change: {error}"),
+                "Bring the node back (or remove it with citus_remove_node), then run the same call again: it is applied on every node anew.",
+            ),
+            Self::TimezoneMissing { table, column } => parts(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "target \"{table}\" has no timezone recorded for its column \"{column}\", which holds wall-clock times"
+                ),
+                format!(
+                    "Register it again with the zone the application writes in: SELECT reaper_register('{table}', timezone => 'UTC');"
+                ),
+            ),
+            Self::OldVersion { installed } => parts(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "extension \"session_reaper\" is at version {installed} in this database, but the loaded library is version {}",
+                    crate::shared::LIBRARY_VERSION
+                ),
+                "Update it: ALTER EXTENSION session_reaper UPDATE;",
+            ),
+            Self::NullArgument { function, argument } => parts(
+                ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("{argument} must not be NULL in {function}"),
+                null_hint(argument),
+            ),
+            Self::ArchiveInUse { table, archive } => parts(
+                ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                format!(
+                    "cannot drop table \"{archive}\": session_reaper's target \"{table}\" archives its dead rows into it"
+                ),
+                format!(
+                    "Unregister the target first (SELECT reaper_unregister('{table}');), or register it again with another archive table (SELECT reaper_register('{table}', action => 'archive', archive_table => '...');), or drop \"{table}\" in the same command."
+                ),
+            ),
+            // The failed check's SQLSTATE and message; the hint is how to enable it again.
+            Self::DisabledByDdl { table, rule, reason } => parts(
+                reason.sqlstate(),
+                format!(
+                    "session_reaper disabled the target of table \"{table}\": {}",
+                    reason.message()
+                ),
+                format!(
+                    "Register the table again with the new column names, which enables the target again; its rule was: {rule}"
+                ),
+            ),
         }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        self.parts().code
     }
 
     pub fn message(&self) -> String {
-        match self {
-            Self::NotATable { table, kind } => {
-                format!("\"{table}\" is a {kind}, not a table: session_reaper can only reap tables")
-            }
-            Self::TableMissing { target } => {
-                format!("the table of target {target} no longer exists")
-            }
-            Self::ColumnMissing { table, column } => {
-                format!("column \"{column}\" of table \"{table}\" does not exist")
-            }
-            Self::WrongColumnType { table, column, type_name } => format!(
-                "column \"{column}\" of table \"{table}\" has type {type_name}, which cannot hold an expiry time"
-            ),
-            Self::NotOwner { table, action } => {
-                format!("must be owner of table \"{table}\" to {action} it")
-            }
-            Self::NotRegistered { table } => {
-                format!("table \"{table}\" is not registered with session_reaper")
-            }
-            Self::BadBatchSize { table, batch_size } => format!(
-                "invalid batch_size {batch_size} for table \"{table}\": must be a positive number of rows"
-            ),
-            Self::NegativeInterval { table, option } => {
-                format!("invalid {option} for table \"{table}\": must not be negative")
-            }
-            Self::BadSchedule { table, schedule, reason } => {
-                format!("invalid schedule \"{schedule}\" for table \"{table}\": {reason}")
-            }
-            Self::BadTimezone { table, timezone } => format!(
-                "invalid timezone \"{timezone}\" for table \"{table}\": time zone not recognized"
-            ),
-            Self::TimezoneNotApplicable { table, column } => format!(
-                "timezone does not apply to column \"{column}\" of table \"{table}\": its values are already absolute times"
-            ),
-            Self::BadPredicate { table, reason, .. } => {
-                format!("invalid predicate for table \"{table}\": {reason}")
-            }
-            Self::UnknownAction { table, action } => {
-                format!("invalid action \"{action}\" for table \"{table}\"")
-            }
-            Self::ActionNeeds { table, action, option } => {
-                format!("action \"{action}\" for table \"{table}\" needs {option}")
-            }
-            Self::OptionUnused { table, action, option } => format!(
-                "{option} does not apply to action \"{action}\" (table \"{table}\")"
-            ),
-            Self::PredicateWithDrop { table } => format!(
-                "action \"drop_partitions\" for table \"{table}\" cannot take a predicate: dropping a partition removes every row in it"
-            ),
-            Self::NotRangePartitioned { table, column, reason } => format!(
-                "action \"drop_partitions\" needs table \"{table}\" range-partitioned by column \"{column}\": {reason}"
-            ),
-            Self::ArchiveMissing { table } => {
-                format!("the archive table of target \"{table}\" no longer exists")
-            }
-            Self::ArchiveMismatch { table, archive, reason } => format!(
-                "archive table \"{archive}\" cannot take the rows of table \"{table}\": {reason}"
-            ),
-            Self::ArchiveNoInsert { table, archive, owner } => format!(
-                "role \"{owner}\", owner of table \"{table}\", may not insert into archive table \"{archive}\""
-            ),
-            Self::BadUpdateSet { table, reason, .. } => {
-                format!("invalid update_set for table \"{table}\": {reason}")
-            }
-            Self::UpdateRepeats { table, rows } => format!(
-                "update_set of table \"{table}\" left {rows} rows still matching: every run would update them again"
-            ),
-            Self::BadMaxRows { max_rows } => {
-                format!("invalid max_rows {max_rows}: must be a positive number of rows")
-            }
-            Self::Runaway { table, timeout } => format!(
-                "target \"{table}\" is disabled: its batch went on {} s past reaper.statement_timeout ({} s), so the worker was stopped",
-                crate::shared::settings::RUNAWAY_GRACE.as_secs(),
-                timeout.as_secs()
-            ),
-            Self::CitusReplicated { table } => format!(
-                "table \"{table}\" is a Citus table with a copy of its rows on more than one node: session_reaper reaps only tables whose shards each have one placement"
-            ),
-            Self::CitusAction { table, action } => format!(
-                "action \"{action}\" is not supported for Citus table \"{table}\": only action \"delete\" is"
-            ),
-            Self::CitusNode { node, error } => {
-                format!("Citus worker node {node} did not apply the change: {error}")
-            }
-            Self::NothingRemoved { table } => format!(
-                "batches on table \"{table}\" pick dead rows but remove none of them: the run is stopped"
-            ),
-            Self::TimezoneMissing { table, column } => format!(
-                "target \"{table}\" has no timezone recorded for its column \"{column}\", which holds wall-clock times"
-            ),
-            Self::OldVersion { installed } => format!(
-                "extension \"session_reaper\" is at version {installed} in this database, but the loaded library is version {}",
-                crate::shared::LIBRARY_VERSION
-            ),
-            Self::NullArgument { function, argument } => {
-                format!("{argument} must not be NULL in {function}")
-            }
-            Self::ArchiveInUse { table, archive } => format!(
-                "cannot drop table \"{archive}\": session_reaper's target \"{table}\" archives its dead rows into it"
-            ),
-            Self::DisabledByDdl { table, reason, .. } => format!(
-                "session_reaper disabled the target of table \"{table}\": {}",
-                reason.message()
-            ),
-        }
+        self.parts().message
     }
 
+    /// Every error has a hint; an `Option` for callers that print one only when there is one.
     pub fn hint(&self) -> Option<String> {
-        let hint = match self {
-            Self::NotATable { .. } => "Register the table the view or foreign table reads from.".into(),
-            Self::TableMissing { target } => {
-                format!("Remove the target with: SELECT reaper_unregister({target});")
-            }
-            Self::ColumnMissing { table, .. } => format!(
-                "Name the expiry column: SELECT reaper_register('{table}', 'expires_at_column');"
-            ),
-            Self::WrongColumnType { .. } => {
-                "Use a timestamptz, timestamp, date, or integer/bigint epoch-seconds column.".into()
-            }
-            Self::NotOwner { .. } => {
-                "Connect as the table's owner, a member of its owning role, or a superuser.".into()
-            }
-            Self::NotRegistered { table } => {
-                format!("Register it first: SELECT reaper_register('{table}');")
-            }
-            Self::BadBatchSize { .. } => {
-                "Pass a positive batch_size, or NULL to use reaper.batch_size.".into()
-            }
-            Self::NegativeInterval { .. } => "Pass a positive interval such as '1 hour'.".into(),
-            Self::BadSchedule { .. } => {
-                "Use an interval such as '15 min', or a 5-field cron expression in UTC such as '0 4 * * *'.".into()
-            }
-            Self::BadTimezone { .. } => {
-                "Use a name from pg_timezone_names, such as 'UTC' or 'America/New_York'.".into()
-            }
-            Self::TimezoneNotApplicable { .. } => {
-                "Omit timezone: it is needed only for timestamp without time zone and date columns.".into()
-            }
-            Self::BadPredicate { .. } => {
-                "The predicate must be one boolean SQL expression over the table's columns, such as 'NOT is_pinned'.".into()
-            }
-            Self::UnknownAction { .. } => {
-                "Use one of: delete, archive, drop_partitions, update.".into()
-            }
-            Self::ActionNeeds { option: "archive_table", .. } => {
-                "Pass archive_table => 'a_table_with_the_same_columns'.".into()
-            }
-            Self::ActionNeeds { option: "update_set", .. } => {
-                "Pass update_set => 'ended_at = expires_at', a SET list for the dead rows.".into()
-            }
-            Self::ActionNeeds { .. } | Self::UpdateRepeats { .. } => {
-                "Pass a predicate that the update makes false, such as predicate => 'ended_at IS NULL' with update_set => 'ended_at = expires_at'.".into()
-            }
-            Self::OptionUnused { .. } => "Leave the option out, or choose the action that uses it.".into(),
-            Self::PredicateWithDrop { .. } => {
-                "Use action => 'delete' to reap by predicate, or register without one.".into()
-            }
-            Self::NotRangePartitioned { column, .. } => format!(
-                "Partition the table with PARTITION BY RANGE ({column}) (as pg_partman's create_parent does), or use action => 'delete'."
-            ),
-            Self::ArchiveMissing { table } => format!(
-                "Register it again with an archive table: SELECT reaper_register('{table}', action => 'archive', archive_table => '...');"
-            ),
-            Self::ArchiveMismatch { table, archive, .. } => format!(
-                "Give the archive table every column of \"{table}\" with the same type, for example: CREATE TABLE {archive} (LIKE {table});"
-            ),
-            Self::ArchiveNoInsert { archive, owner, .. } => {
-                format!("GRANT INSERT ON {archive} TO {owner};")
-            }
-            Self::BadUpdateSet { .. } => {
-                "update_set is the list that follows SET in an UPDATE, such as 'ended_at = expires_at'.".into()
-            }
-            Self::BadMaxRows { .. } => "Pass a positive max_rows, or NULL for no limit.".into(),
-            Self::Runaway { table, .. } => format!(
-                "Code of the table's owner (a trigger, the predicate, a function they call) caught the statement timeout's cancel and went on. Fix it, then: SELECT reaper_enable('{table}', true);"
-            ),
-            Self::CitusReplicated { .. } => {
-                "Reap a reference table with one DELETE through the coordinator (from pg_cron), or distribute the table with citus.shard_replication_factor = 1.".into()
-            }
-            Self::CitusAction { .. } => "Register it with action => 'delete'.".into(),
-            Self::CitusNode { .. } => {
-                "Bring the node back (or remove it with citus_remove_node), then run the same call again: it is applied on every node anew.".into()
-            }
-            Self::NothingRemoved { .. } => {
-                "Look for a BEFORE DELETE (or UPDATE) trigger that returns NULL, or a row-level security policy for DELETE narrower than the one for SELECT, on the table; or narrow the target's predicate to the rows that may go.".into()
-            }
-            Self::TimezoneMissing { table, .. } => format!(
-                "Register it again with the zone the application writes in: SELECT reaper_register('{table}', timezone => 'UTC');"
-            ),
-            Self::OldVersion { .. } => {
-                "Update it: ALTER EXTENSION session_reaper UPDATE;".into()
-            }
-            Self::NullArgument { argument, .. } => null_hint(argument).into(),
-            Self::ArchiveInUse { table, .. } => format!(
-                "Unregister the target first (SELECT reaper_unregister('{table}');), or register it again with another archive table (SELECT reaper_register('{table}', action => 'archive', archive_table => '...');), or drop \"{table}\" in the same command."
-            ),
-            Self::DisabledByDdl { rule, .. } => format!(
-                "Register the table again with the new column names, which enables the target again; its rule was: {rule}"
-            ),
-        };
-        Some(hint)
+        Some(self.parts().hint)
     }
 
     fn report(&self) -> ErrorReport {
-        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "session_reaper");
-        if let Some(hint) = self.hint() {
-            report = report.set_hint(hint);
-        }
-        report
+        let Parts {
+            code,
+            message,
+            hint,
+        } = self.parts();
+        ErrorReport::new(code, message, "session_reaper").set_hint(hint)
     }
 
     /// Raises this error as a Postgres ERROR; nothing after this runs.
