@@ -369,7 +369,7 @@ impl ReaperError {
             Self::CitusNode { node, error } => parts(
                 ERRCODE_CONNECTION_FAILURE,
                 format!("Citus worker node {node} did not apply the change: {error}"),
-                "Bring the node back (or remove it with citus_remove_node), then run the same call again: it is applied on every node anew.",
+                "Make sure the node is up and sees the table (a table distributed in the same transaction is not visible to the nodes until it commits), then run the same call again: it is applied on every node anew.",
             ),
             Self::TimezoneMissing { table, column } => parts(
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -5,6 +5,8 @@
 //! Every wait is a bounded poll ([`wait_until`]) that fails with a message saying what did not
 //! happen.
 
+pub mod citus;
+
 use postgres::{Client, Config, NoTls};
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,406 @@
+//! Past one machine: a real Citus cluster (a coordinator and two worker nodes) on this machine.
+//! A distributed table is registered on the coordinator; each node's worker reaps the shards
+//! stored on it, through shard moves and a node going down, and nothing else is reaped there.
+//! Skipped, said once, where Citus is not installed; under CI=true it must be.
+
+use postgres::Client;
+use session_reaper_harness::citus::{available, deleted_on, distributed_sessions, CitusCluster};
+use session_reaper_harness::{count, error_of, expired, wait_until, SOON};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Live rows of the sessions table (those the test made live and no one refreshed).
+fn live(db: &mut Client) -> i64 {
+    count(
+        db,
+        "SELECT count(*) FROM sessions WHERE expires_at >= now()",
+    )
+}
+
+/// The dead rows each worker node holds now, by its shard placements, read on the coordinator.
+fn expired_per_worker(db: &mut Client, cluster: &CitusCluster) -> Vec<i64> {
+    cluster
+        .workers
+        .iter()
+        .map(|w| {
+            count(
+                db,
+                &format!(
+                    "SELECT count(*) FROM sessions s
+                      WHERE s.expires_at < now()
+                        AND get_shard_id_for_distribution_column('sessions', s.user_id) IN
+                            (SELECT shardid FROM pg_dist_shard_placement WHERE nodeport = {})",
+                    w.port
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_distributed_table_over_32_shards_is_reaped_by_each_node_on_its_own_shards() {
+    if !available() {
+        return;
+    }
+    let cluster = CitusCluster::start("citus_reap", &["reaper.interval = '1s'"]);
+    let mut db = cluster.connect();
+    distributed_sessions(&mut db, 32, 1_000_000, 10_000);
+    let per_worker = expired_per_worker(&mut db, &cluster);
+    db.execute("SELECT reaper_register('sessions')", &[])
+        .unwrap();
+    wait_until(
+        "the worker nodes removed every expired row",
+        Duration::from_secs(600),
+        || expired(&mut db, "sessions") == 0,
+    );
+    assert_eq!(live(&mut db), 10_000, "every live row is still there");
+    // Each node removed exactly the dead rows its own shards held: none went through another.
+    wait_until("each node recorded its runs", SOON, || {
+        cluster.deleted_per_worker("sessions") == per_worker
+    });
+    // The coordinator holds no shard: its runs remove nothing and fail at nothing.
+    let coordinator = count(
+        &mut db,
+        "SELECT count(*) FROM reaper_run WHERE rows > 0 OR status <> 'ok'",
+    );
+    assert_eq!(coordinator, 0, "the coordinator's runs remove nothing");
+    for worker in &cluster.workers {
+        assert_eq!(
+            worker.log_lines("WARNING:  session_reaper"),
+            0,
+            "no warning on a worker node:\n{}",
+            worker.log()
+        );
+    }
+}
+
+#[test]
+fn registry_calls_on_the_coordinator_reach_every_node() {
+    if !available() {
+        return;
+    }
+    let cluster = CitusCluster::start("citus_registry", &["reaper.interval = '1h'"]);
+    let mut db = cluster.connect();
+    distributed_sessions(&mut db, 8, 3_000, 100);
+    // Disabled, so only the purge below removes rows.
+    db.execute(
+        "SELECT reaper_register('sessions', batch_size => 500, enabled => false)",
+        &[],
+    )
+    .unwrap();
+    let enabled_on_nodes = || -> Vec<Option<bool>> {
+        cluster
+            .workers
+            .iter()
+            .map(|w| {
+                w.connect("postgres")
+                    .query_opt(
+                        "SELECT enabled FROM reaper_stats() WHERE target = 'sessions'::regclass",
+                        &[],
+                    )
+                    .unwrap()
+                    .map(|r| r.get(0))
+            })
+            .collect()
+    };
+    assert_eq!(
+        enabled_on_nodes(),
+        vec![Some(false); 2],
+        "registered on each worker node"
+    );
+    // A purge on the coordinator reaps every node's shards and reports the cluster's rows.
+    let purged = count(&mut db, "SELECT rows_deleted FROM reaper_purge('sessions')");
+    assert_eq!(purged, 3_000);
+    assert_eq!(expired(&mut db, "sessions"), 0);
+    assert_eq!(live(&mut db), 100);
+    db.execute("SELECT reaper_enable('sessions', true)", &[])
+        .unwrap();
+    assert_eq!(
+        enabled_on_nodes(),
+        vec![Some(true); 2],
+        "enabled on each worker node"
+    );
+    db.execute("SELECT reaper_unregister('sessions')", &[])
+        .unwrap();
+    assert_eq!(
+        enabled_on_nodes(),
+        vec![None; 2],
+        "unregistered on each worker node"
+    );
+}
+
+#[test]
+fn copies_on_several_nodes_and_actions_other_than_delete_are_refused() {
+    if !available() {
+        return;
+    }
+    let cluster = CitusCluster::start("citus_refused", &[]);
+    let mut db = cluster.connect();
+    distributed_sessions(&mut db, 4, 10, 10);
+    db.batch_execute(
+        "CREATE TABLE ref (id int PRIMARY KEY, expires_at timestamptz NOT NULL);
+         SELECT create_reference_table('ref');
+         SET citus.shard_replication_factor = 2;
+         CREATE TABLE copies (id int PRIMARY KEY, expires_at timestamptz NOT NULL);
+         SELECT create_distributed_table('copies', 'id');
+         RESET citus.shard_replication_factor;
+         CREATE TABLE archive (LIKE sessions);",
+    )
+    .unwrap();
+    for table in ["ref", "copies"] {
+        let (code, message) =
+            error_of(db.execute(&format!("SELECT reaper_register('{table}')"), &[]));
+        assert_eq!(code, "0A000", "{table}: {message}");
+        assert!(
+            message.contains(&format!("\"public.{table}\"")),
+            "{message}"
+        );
+        assert!(message.contains("more than one node"), "{message}");
+    }
+    let (code, message) = error_of(db.execute(
+        "SELECT reaper_register('sessions', action => 'archive', archive_table => 'archive')",
+        &[],
+    ));
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("only action \"delete\""), "{message}");
+    // Nothing was registered anywhere.
+    assert_eq!(count(&mut db, "SELECT count(*) FROM reaper_stats()"), 0);
+    for worker in &cluster.workers {
+        assert_eq!(
+            count(
+                &mut worker.connect("postgres"),
+                "SELECT count(*) FROM reaper_stats()"
+            ),
+            0
+        );
+    }
+}
+
+#[test]
+fn dropping_or_undistributing_the_table_unregisters_it_on_every_node() {
+    if !available() {
+        return;
+    }
+    let cluster = CitusCluster::start("citus_drop", &["reaper.interval = '1s'"]);
+    let mut db = cluster.connect();
+    distributed_sessions(&mut db, 8, 100, 10);
+    // Each its own transaction: the worker nodes see a distributed table once it committed.
+    for statement in [
+        "CREATE TABLE other (user_id bigint NOT NULL, expires_at timestamptz NOT NULL)",
+        "SELECT create_distributed_table('other', 'user_id')",
+        "SELECT reaper_register('sessions')",
+        "SELECT reaper_register('other')",
+    ] {
+        db.batch_execute(statement).unwrap();
+    }
+    let targets = |node: &session_reaper_harness::Cluster| {
+        count(
+            &mut node.connect("postgres"),
+            "SELECT count(*) FROM reaper_target",
+        )
+    };
+    assert_eq!(
+        cluster.workers.iter().map(targets).collect::<Vec<_>>(),
+        vec![2, 2]
+    );
+    db.batch_execute("DROP TABLE sessions").unwrap();
+    db.batch_execute("SELECT undistribute_table('other')")
+        .unwrap();
+    wait_until("every node forgot both targets", SOON, || {
+        cluster.workers.iter().map(targets).sum::<i64>() == 0
+    });
+    assert_eq!(
+        targets(&cluster.coordinator),
+        0,
+        "the coordinator forgot both"
+    );
+    // The workers' loops go on without a dangling target to fail on.
+    std::thread::sleep(Duration::from_secs(2));
+    for worker in &cluster.workers {
+        assert_eq!(
+            worker.log_lines("WARNING:  session_reaper"),
+            0,
+            "{}",
+            worker.log()
+        );
+    }
+}
+
+#[test]
+fn a_shard_moved_during_a_run_loses_no_live_row_and_leaves_no_dead_one() {
+    if !available() {
+        return;
+    }
+    // Slow batches, so the move lands in the middle of the nodes' runs.
+    let cluster = CitusCluster::start(
+        "citus_move",
+        &["reaper.interval = '1s'", "reaper.batch_delay = '100ms'"],
+    );
+    let mut db = cluster.connect();
+    distributed_sessions(&mut db, 8, 200_000, 5_000);
+    db.execute(
+        "SELECT reaper_register('sessions', batch_size => 1000)",
+        &[],
+    )
+    .unwrap();
+    wait_until("the reap is under way", SOON, || {
+        expired(&mut db, "sessions") < 190_000
+    });
+    // Move every shard of worker 1 to worker 2, one at a time, while both reap.
+    let (from, to) = (&cluster.workers[0], &cluster.workers[1]);
+    let shards: Vec<i64> = db
+        .query(
+            "SELECT shardid FROM pg_dist_shard_placement WHERE nodeport = $1 ORDER BY shardid",
+            &[&i32::from(from.port)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!shards.is_empty());
+    for shard in &shards {
+        db.execute(
+            "SELECT citus_move_shard_placement($1, $2, $3, $4, $5, shard_transfer_mode => 'block_writes')",
+            &[
+                shard,
+                &from.dir.display().to_string(),
+                &i32::from(from.port),
+                &to.dir.display().to_string(),
+                &i32::from(to.port),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            live(&mut db),
+            5_000,
+            "no live row lost by the move of {shard}"
+        );
+    }
+    wait_until("every dead row is gone after the moves", SOON * 4, || {
+        expired(&mut db, "sessions") == 0
+    });
+    assert_eq!(live(&mut db), 5_000);
+    let deleted: i64 = cluster.deleted_per_worker("sessions").iter().sum();
+    assert_eq!(deleted, 200_000, "every dead row was removed once");
+    let errors = count(
+        &mut db,
+        "SELECT coalesce(sum((result)::bigint), 0)::bigint FROM run_command_on_workers('SELECT count(*) FROM reaper_run WHERE status = ''error''')",
+    );
+    assert_eq!(errors, 0, "no run failed over the moves");
+}
+
+#[test]
+fn a_worker_node_down_mid_run_holds_up_no_other_node() {
+    if !available() {
+        return;
+    }
+    let cluster = CitusCluster::start(
+        "citus_down",
+        &["reaper.interval = '1s'", "reaper.batch_delay = '100ms'"],
+    );
+    let mut db = cluster.connect();
+    distributed_sessions(&mut db, 8, 100_000, 2_000);
+    let per_worker = expired_per_worker(&mut db, &cluster);
+    db.execute("SELECT reaper_register('sessions', batch_size => 500)", &[])
+        .unwrap();
+    let (up, down) = (&cluster.workers[0], &cluster.workers[1]);
+    wait_until("worker 2 is reaping", SOON, || {
+        expired_per_worker(&mut db, &cluster)[1] < per_worker[1]
+    });
+    down.pg_ctl(&["stop", "-m", "immediate"]);
+    // Worker 1 finishes every dead row of its own shards while worker 2 is down.
+    wait_until("worker 1 removed all of its dead rows", SOON * 2, || {
+        deleted_on(up, "sessions") == per_worker[0]
+    });
+    down.pg_ctl(&["start", "-w"]);
+    wait_until("worker 2, back, removed the rest", SOON * 2, || {
+        expired(&mut db, "sessions") == 0
+    });
+    assert_eq!(live(&mut db), 2_000);
+    let interrupted = count(
+        &mut down.connect("postgres"),
+        "SELECT count(*) FROM reaper_run WHERE status = 'interrupted'",
+    );
+    assert_eq!(
+        interrupted, 1,
+        "worker 2 recorded the run it was stopped in"
+    );
+}
+
+#[test]
+fn refreshes_at_the_edge_of_expiry_through_the_coordinator_lose_no_live_row() {
+    if !available() {
+        return;
+    }
+    let cluster = CitusCluster::start("citus_race", &["reaper.interval = '1s'"]);
+    let mut db = cluster.connect();
+    // 20,000 sessions expiring over the next 20 seconds, 1,000 a second.
+    distributed_sessions(&mut db, 16, 0, 0);
+    db.batch_execute(
+        "INSERT INTO sessions (user_id, token, expires_at)
+           SELECT g % 1000, 'edge', now() + interval '2 seconds' + g * interval '1 millisecond'
+             FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
+    db.execute("SELECT reaper_register('sessions', batch_size => 200)", &[])
+        .unwrap();
+    let done = AtomicBool::new(false);
+    // Two clients refresh, through the coordinator, rows whose expiry is at most 50 ms away;
+    // a refresh that found its row still live commits it live for an hour.
+    let refreshed: Vec<Vec<(i64, i64)>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..2)
+            .map(|client| {
+                let (cluster, done) = (&cluster, &done);
+                scope.spawn(move || {
+                    let mut app = cluster.connect();
+                    let mut kept = Vec::new();
+                    while !done.load(Ordering::Relaxed) {
+                        let rows = app
+                            .query(
+                                "UPDATE sessions SET expires_at = now() + interval '1 hour', token = 'kept'
+                                  WHERE (user_id, id) IN (
+                                        SELECT user_id, id FROM sessions
+                                         WHERE token = 'edge' AND user_id % 2 = $1
+                                           AND expires_at BETWEEN now() AND now() + interval '50 milliseconds'
+                                         LIMIT 20)
+                                    AND expires_at >= now()
+                                RETURNING user_id, id",
+                                &[&(client as i64)],
+                            )
+                            .unwrap();
+                        kept.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+                    }
+                    kept
+                })
+            })
+            .collect();
+        wait_until("the edge rows all expired or were kept", SOON, || {
+            count(
+                &mut db,
+                "SELECT count(*) FROM sessions WHERE token = 'edge' AND expires_at >= now()",
+            ) == 0
+        });
+        wait_until("the nodes reaped every expired edge row", SOON, || {
+            expired(&mut db, "sessions") == 0
+        });
+        done.store(true, Ordering::Relaxed);
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let kept: Vec<(i64, i64)> = refreshed.into_iter().flatten().collect();
+    assert!(
+        kept.len() > 100,
+        "the clients refreshed rows at the edge ({})",
+        kept.len()
+    );
+    let present = count(
+        &mut db,
+        "SELECT count(*) FROM sessions WHERE token = 'kept'",
+    );
+    assert_eq!(
+        present,
+        kept.len() as i64,
+        "every refreshed row is still there"
+    );
+    let deleted: i64 = cluster.deleted_per_worker("sessions").iter().sum();
+    assert_eq!(deleted + present, 20_000, "the rest were reaped, once");
+}
