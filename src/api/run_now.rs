@@ -127,7 +127,9 @@ fn purge_locally(t: &Target, max_rows: Option<i64>) -> Option<Progress> {
         return batch::try_lock(t).then(|| batch::delete_until_done(t, max_rows));
     }
     let mut progress = Progress::default();
-    for (_, shard) in crate::reap::citus::local_shards(t, 0) {
+    let mut from = 0;
+    while let Some((id, shard)) = crate::reap::citus::next_shard(t, from) {
+        from = id + 1;
         let left = max_rows.map(|max| max - progress.rows);
         if left.is_some_and(|left| left <= 0) || !batch::try_lock(&shard) {
             continue;

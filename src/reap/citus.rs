@@ -124,22 +124,57 @@ pub fn local_shards(t: &Target, from: i64) -> Vec<(i64, Target)> {
         .collect()
 }
 
-/// The first of [`local_shards`], locked against a concurrent drop (a shard move's clean-up
-/// waits for the batch, and a shard dropped before the lock is passed over).
+/// The first of [`local_shards`] that is still here once locked. The batch takes what a
+/// write through Citus takes: the shard's metadata lock in share mode, which a shard move or
+/// split holds exclusively while it copies the shard, so no batch deletes rows a copy is
+/// reading; then the table's own lock. A placement gone meanwhile is passed over.
 pub fn next_shard(t: &Target, from: i64) -> Option<(i64, Target)> {
-    local_shards(t, from).into_iter().find(|(_, shard)| {
-        // SAFETY: a relation lock in the current transaction, then a syscache probe.
-        unsafe {
-            pg_sys::LockRelationOid(shard.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            pg_sys::SearchSysCacheExists(
-                pg_sys::SysCacheIdentifier::RELOID as i32,
-                pg_sys::Datum::from(shard.relid),
-                pg_sys::Datum::from(0),
-                pg_sys::Datum::from(0),
-                pg_sys::Datum::from(0),
-            )
-        }
+    local_shards(t, from).into_iter().find(|(shard, on)| {
+        lock_shard_metadata(*shard);
+        // SAFETY: a relation lock in the current transaction.
+        unsafe { pg_sys::LockRelationOid(on.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        still_here(*shard)
     })
+}
+
+/// The fourth field of Citus' shard metadata lock tags (ADV_LOCKTAG_CLASS_CITUS_SHARD_METADATA
+/// in Citus' resource_lock.h), the first three being the database and the shard id's halves.
+const CITUS_SHARD_METADATA: u16 = 4;
+
+/// Takes Citus' metadata lock of `shard` in share mode until the end of the transaction,
+/// waiting at most `lock_timeout`.
+fn lock_shard_metadata(shard: i64) {
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: the connected database of this backend.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (shard >> 32) as u32,
+        locktag_field3: shard as u32,
+        locktag_field4: CITUS_SHARD_METADATA,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction lock on the tag built above, inside a transaction.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false) };
+}
+
+/// Whether `shard` still has its placement on this node, read after the locks: a move that
+/// finished meanwhile took it away. Read as a writing statement does, with a snapshot of its
+/// own: a read-only one would reuse the snapshot taken before the lock wait.
+fn still_here(shard: i64) -> bool {
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement
+                                 WHERE shardid = $1
+                                   AND groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))",
+                None,
+                &[shard.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+    })
+    .expect("reading Citus' shard placements")
+    .unwrap_or(false)
 }
 
 /// `t`'s rule on one of its shards, read from the system caches: Citus hides shards from
