@@ -94,4 +94,14 @@ if [ "$wanted" = 0 ]; then
   echo "setup: pointing pgrx at ${init_args[*]}"
   cargo pgrx init "${init_args[@]}"
 fi
+# Citus, the distributed engine, for the harness's 3-node tests (pgrx-tests/harness/tests/
+# citus.rs), into Debian's 15: built from the source vendored beside this project, when there.
+# Without it those tests say so and are skipped; under CI=true they fail.
+citus_build="$(cd "$(dirname "$0")/.." && pwd)/../shared/vendor/citus/build.sh"
+if [ -f "$citus_build" ]; then
+  as_root env PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config bash "$citus_build"
+elif [ "${CI:-}" = true ]; then
+  echo "setup: CI=true but $citus_build is missing: the Citus tests cannot run" >&2
+  exit 1
+fi
 echo "setup: ready ($(cargo pgrx --version); PostgreSQL majors: 15 $PG_MAJORS)"
