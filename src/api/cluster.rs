@@ -19,10 +19,22 @@ pub fn repeats(relid: pg_sys::Oid) -> bool {
 }
 
 /// Runs `call(schema, table)` — a query over `schema.reaper_stats()` naming the table as a
-/// literal — on every worker node when [`repeats`] holds, and returns each node's result.
+/// literal — on every worker node when [`repeats`] holds, and returns each node's result. The
+/// query runs under the caller's search_path there, so it names every function, operator and
+/// type with its schema (see [`target_is`]).
 pub fn on_workers_for(relid: pg_sys::Oid, call: impl Fn(&str, &str) -> String) -> Vec<String> {
     if !repeats(relid) {
         return Vec::new();
+    }
+    // Each node commits the repeat at once: inside a transaction block that could still roll
+    // back, the nodes would keep a change the coordinator dropped (as VACUUM, such a call runs
+    // only on its own).
+    // SAFETY: reads this backend's transaction state.
+    if unsafe { pg_sys::IsTransactionBlock() } {
+        ReaperError::CitusInTransaction {
+            table: crate::shared::sql::relation_name(relid),
+        }
+        .raise();
     }
     let table = quote_literal(&crate::shared::sql::relation_name(relid));
     on_workers(&call(&ext_schema(), &table))
@@ -65,4 +77,11 @@ pub fn on_workers(command: &str) -> Vec<String> {
             .raise(),
         })
         .collect()
+}
+
+/// `target = <table>` with the operator and type named by schema, for the queries sent to the
+/// worker nodes: a `count(void)` or `=(regclass, regclass)` planted on the caller's path there
+/// would otherwise be chosen over the built-in, and run as the caller.
+pub fn target_is(table: &str) -> String {
+    format!("target OPERATOR(pg_catalog.=) {table}::pg_catalog.regclass")
 }

@@ -11,7 +11,7 @@ use crate::reap::{action, predicate, target};
 use crate::shared::errors::{catch_pg_error, OrRaise, ReaperError};
 use crate::shared::security::{as_role, check_owner, with_settings};
 use crate::shared::sql::{ext_owner, ext_schema, pinned, quote_ident};
-use pgrx::datum::Interval;
+use pgrx::datum::{DatumWithOid, Interval};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -97,6 +97,24 @@ struct Options<'a> {
     enabled: bool,
     archive_table: Option<pg_sys::Oid>,
     update_set: Option<&'a str>,
+}
+
+impl Options<'_> {
+    /// The rule's values, in the order both the target row and a repeated call take them:
+    /// column, time zone, grace, ttl, predicate, batch size, schedule, action, enabled.
+    fn rule_args(&self, timezone: Option<String>) -> Vec<DatumWithOid<'_>> {
+        vec![
+            self.column.into(),
+            timezone.into(),
+            self.grace.into(),
+            self.ttl.into(),
+            self.predicate.into(),
+            self.batch_size.into(),
+            self.schedule.into(),
+            self.action.into(),
+            self.enabled.into(),
+        ]
+    }
 }
 
 /// Checks every option against the table; returns the time zone to store.
@@ -253,20 +271,11 @@ fn upsert(table: &Table, opts: &Options, timezone: Option<String>) -> i64 {
     as_role(owner, || {
         Spi::get_one_with_args::<i64>(
             &query,
-            &[
-                table.relid.into(),
-                opts.column.into(),
-                timezone.into(),
-                opts.grace.into(),
-                opts.ttl.into(),
-                opts.predicate.into(),
-                opts.batch_size.into(),
-                opts.schedule.into(),
-                opts.action.into(),
-                opts.enabled.into(),
-                opts.archive_table.into(),
-                opts.update_set.into(),
-            ],
+            &[table.relid.into()]
+                .into_iter()
+                .chain(opts.rule_args(timezone))
+                .chain([opts.archive_table.into(), opts.update_set.into()])
+                .collect::<Vec<_>>(),
         )
     })
     .expect("writing reaper_target")
@@ -323,23 +332,16 @@ fn reaper_register_v2(
 fn register_on_workers(table: &Table, opts: &Options, timezone: Option<String>) {
     cluster::on_workers_for(table.relid, |schema, name| {
         Spi::get_one_with_args::<String>(
-            "SELECT format('SELECT %s.reaper_register(%s, %L, timezone => %L, grace => %L::interval,
-                            ttl => %L::interval, predicate => %L, batch_size => %L::integer,
-                            schedule => %L, action => %L, enabled => %L::boolean)',
+            "SELECT format('SELECT %s.reaper_register(%s::pg_catalog.regclass, %L::pg_catalog.name,
+                            timezone => %L::pg_catalog.text, grace => %L::pg_catalog.interval,
+                            ttl => %L::pg_catalog.interval, predicate => %L::pg_catalog.text,
+                            batch_size => %L::pg_catalog.int4, schedule => %L::pg_catalog.text,
+                            action => %L::pg_catalog.text, enabled => %L::pg_catalog.bool)',
                            $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                schema.into(),
-                name.into(),
-                opts.column.into(),
-                timezone.clone().into(),
-                opts.grace.into(),
-                opts.ttl.into(),
-                opts.predicate.into(),
-                opts.batch_size.into(),
-                opts.schedule.into(),
-                opts.action.into(),
-                opts.enabled.into(),
-            ],
+            &[schema.into(), name.into()]
+                .into_iter()
+                .chain(opts.rule_args(timezone.clone()))
+                .collect::<Vec<_>>(),
         )
         .expect("composing the call for the worker nodes")
         .expect("format() returns text")
@@ -385,7 +387,7 @@ fn reaper_unregister(target: Option<pg_sys::Oid>) {
         })
         .expect("writing reaper_target");
         cluster::on_workers_for(target, |schema, name| {
-            format!("SELECT count({schema}.reaper_unregister(target)) FROM {schema}.reaper_stats() WHERE target = {name}::regclass")
+            format!("SELECT pg_catalog.count({schema}.reaper_unregister(target)) FROM {schema}.reaper_stats() WHERE {}", cluster::target_is(name))
         });
     })
 }
@@ -399,7 +401,7 @@ fn reaper_enable(target: Option<pg_sys::Oid>, enabled: Option<bool>) {
         let registered = managed_target(target, "enable or disable");
         target::set_enabled(registered.id, enabled);
         cluster::on_workers_for(target, |schema, name| {
-            format!("SELECT count({schema}.reaper_enable(target, {enabled})) FROM {schema}.reaper_stats() WHERE target = {name}::regclass")
+            format!("SELECT pg_catalog.count({schema}.reaper_enable(target, {enabled})) FROM {schema}.reaper_stats() WHERE {}", cluster::target_is(name))
         });
     })
 }

@@ -66,9 +66,12 @@ fn reaper_purge_v2(
             let took_ms = history::record(&run);
             // The worker nodes record their own runs; the caller sees the cluster's rows.
             let on_workers = match &registered.target {
-                Ok(t) if t.distributed => purge_on_workers(registered.relid, max_rows),
+                Ok(t) if t.distributed && budget.is_none_or(|b| b > 0) => {
+                    purge_on_workers(registered.relid, budget)
+                }
                 _ => 0,
             };
+            budget = budget.map(|b| b - on_workers);
             rows.push((
                 registered.relid,
                 run.progress.rows + on_workers,
@@ -131,7 +134,10 @@ fn purge_locally(t: &Target, max_rows: Option<i64>) -> Option<Progress> {
     while let Some((id, shard)) = crate::reap::citus::next_shard(t, from) {
         from = id + 1;
         let left = max_rows.map(|max| max - progress.rows);
-        if left.is_some_and(|left| left <= 0) || !batch::try_lock(&shard) {
+        if left.is_some_and(|left| left <= 0) {
+            break;
+        }
+        if !batch::try_lock(&shard) {
             continue;
         }
         let done = batch::delete_until_done(&shard, left);
@@ -147,7 +153,7 @@ fn purge_locally(t: &Target, max_rows: Option<i64>) -> Option<Progress> {
 fn purge_on_workers(relid: pg_sys::Oid, max_rows: Option<i64>) -> i64 {
     let max_rows = max_rows.map_or("NULL".to_string(), |m| m.to_string());
     cluster::sum(&cluster::on_workers_for(relid, |schema, name| {
-        format!("SELECT coalesce(sum(p.rows_deleted), 0) FROM {schema}.reaper_stats() s, {schema}.reaper_purge(s.target, {max_rows}) p WHERE s.target = {name}::regclass")
+        format!("SELECT coalesce(pg_catalog.sum(p.rows_deleted), 0) FROM {schema}.reaper_stats() s, {schema}.reaper_purge(s.target, {max_rows}) p WHERE s.{}", cluster::target_is(name))
     }))
 }
 
@@ -293,7 +299,7 @@ fn reaper_wake_v3(target: Option<pg_sys::Oid>) -> i64 {
             .iter()
             .map(|relid| {
                 cluster::sum(&cluster::on_workers_for(*relid, |schema, name| {
-                    format!("SELECT coalesce(sum({schema}.reaper_wake(target)), 0) FROM {schema}.reaper_stats() WHERE target = {name}::regclass AND enabled")
+                    format!("SELECT coalesce(pg_catalog.sum({schema}.reaper_wake(target)), 0) FROM {schema}.reaper_stats() WHERE {} AND enabled", cluster::target_is(name))
                 }))
             })
             .sum();

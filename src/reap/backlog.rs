@@ -22,7 +22,8 @@ impl Backlog {
     /// The backlog of two tables together (a Citus table's shards on one node).
     fn plus(self, other: Backlog) -> Backlog {
         Backlog {
-            rows: Some(self.rows.unwrap_or(0) + other.rows.unwrap_or(0)),
+            // Unknown when any part is.
+            rows: self.rows.zip(other.rows).map(|(a, b)| a + b),
             oldest_expiry: match (self.oldest_expiry, other.oldest_expiry) {
                 (Some(a), Some(b)) => Some(std::cmp::min_by_key(a, b, |t| {
                     pg_sys::TimestampTz::from(*t)
@@ -40,7 +41,13 @@ pub fn measure(t: &Target) -> Backlog {
         return crate::reap::citus::local_shards(t, 0)
             .iter()
             .map(|(_, shard)| measure(shard))
-            .fold(Backlog::default(), Backlog::plus);
+            .fold(
+                Backlog {
+                    rows: Some(0),
+                    oldest_expiry: None,
+                },
+                Backlog::plus,
+            );
     }
     let (table, dead) = (t.qualified(), t.dead_condition());
     let oldest = format!(

@@ -14,7 +14,7 @@
 
 use crate::reap::target::Target;
 use crate::shared::errors::ReaperError;
-use crate::shared::security::with_settings;
+use crate::shared::security::{as_role, with_settings};
 use pgrx::prelude::*;
 
 /// How Citus holds a table's rows.
@@ -65,7 +65,12 @@ pub fn placement(relid: pg_sys::Oid) -> Placement {
 pub fn sharded_condition(relid: &str) -> String {
     match installed() {
         true => format!(
-            "EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = {relid} AND repmodel <> 't')"
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p
+                      WHERE p.logicalrelid = {relid} AND p.repmodel <> 't'
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_shard s
+                                          JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = s.shardid
+                                         WHERE s.logicalrelid = p.logicalrelid
+                                         GROUP BY s.shardid HAVING count(*) > 1))"
         ),
         false => "false".to_string(),
     }
@@ -125,36 +130,51 @@ pub fn local_shards(t: &Target, from: i64) -> Vec<(i64, Target)> {
 }
 
 /// The first of [`local_shards`] that is still here once locked. The batch takes what a
-/// write through Citus takes: the shard's metadata lock in share mode, which a shard move or
-/// split holds exclusively while it copies the shard, so no batch deletes rows a copy is
-/// reading; then the table's own lock. A placement gone meanwhile is passed over.
+/// write through Citus takes: the shard's metadata lock in share mode (through Citus' own
+/// `lock_shard_metadata`, as the table's owner, which it requires), which a shard move or split
+/// holds exclusively while it copies the shard, so no batch deletes rows a copy is reading;
+/// then the table's own lock. Both wait at most `reaper.lock_timeout`. A placement gone
+/// meanwhile is passed over.
 pub fn next_shard(t: &Target, from: i64) -> Option<(i64, Target)> {
     local_shards(t, from).into_iter().find(|(shard, on)| {
-        lock_shard_metadata(*shard);
-        // SAFETY: a relation lock in the current transaction.
-        unsafe { pg_sys::LockRelationOid(on.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
-        still_here(*shard)
+        lock_shard(t.owner, *shard) && {
+            // SAFETY: a relation lock in the current transaction.
+            unsafe {
+                pg_sys::LockRelationOid(on.relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
+            };
+            still_here(*shard)
+        }
     })
 }
 
-/// The fourth field of Citus' shard metadata lock tags (ADV_LOCKTAG_CLASS_CITUS_SHARD_METADATA
-/// in Citus' resource_lock.h), the first three being the database and the shard id's halves.
-const CITUS_SHARD_METADATA: u16 = 4;
-
-/// Takes Citus' metadata lock of `shard` in share mode until the end of the transaction,
-/// waiting at most `lock_timeout`.
-fn lock_shard_metadata(shard: i64) {
-    let tag = pg_sys::LOCKTAG {
-        // SAFETY: the connected database of this backend.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: (shard >> 32) as u32,
-        locktag_field3: shard as u32,
-        locktag_field4: CITUS_SHARD_METADATA,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    // SAFETY: a transaction lock on the tag built above, inside a transaction.
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false) };
+/// Takes `shard`'s metadata lock in share mode; false when a move or split holds it past
+/// `reaper.lock_timeout` (that shard is passed over in this run: its copy may take hours), or
+/// when the shard is gone from Citus' metadata since it was read.
+fn lock_shard(owner: pg_sys::Oid, shard: i64) -> bool {
+    let timeout = [("lock_timeout", crate::shared::settings::lock_timeout())];
+    let locked = crate::shared::txn::in_subtransaction(|| {
+        with_settings(&timeout, || {
+            as_role(owner, || {
+                Spi::run_with_args(
+                    "SELECT pg_catalog.lock_shard_metadata(5, ARRAY[$1]::pg_catalog.int8[])",
+                    &[shard.into()],
+                )
+            })
+        })
+        .expect("locking the shard's metadata")
+    });
+    match locked {
+        Ok(()) => true,
+        Err((pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, _)) => false,
+        // Dropped or undistributed since its placements were read: nothing left to reap.
+        Err(_) if !still_here(shard) => false,
+        Err((code, message)) => ReaperError::CitusShardLock {
+            shard,
+            code,
+            message,
+        }
+        .raise(),
+    }
 }
 
 /// Whether `shard` still has its placement on this node, read after the locks: a move that

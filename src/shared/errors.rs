@@ -130,6 +130,16 @@ pub enum ReaperError {
         table: String,
         action: String,
     },
+    /// A registry call on a distributed table inside a transaction block on the coordinator.
+    CitusInTransaction {
+        table: String,
+    },
+    /// Citus' shard metadata lock could not be taken (other than by a timeout).
+    CitusShardLock {
+        shard: i64,
+        code: PgSqlErrorCode,
+        message: String,
+    },
     /// A Citus worker node refused a registration the coordinator repeats there.
     CitusNode {
         node: String,
@@ -365,6 +375,22 @@ impl ReaperError {
                     "action \"{action}\" is not supported for Citus table \"{table}\": only action \"delete\" is"
                 ),
                 "Register it with action => 'delete'.",
+            ),
+            Self::CitusInTransaction { table } => parts(
+                ERRCODE_ACTIVE_SQL_TRANSACTION,
+                format!(
+                    "a session_reaper call on Citus table \"{table}\" cannot run inside a transaction block: the worker nodes apply it at once"
+                ),
+                "Run it on its own, outside BEGIN ... COMMIT.",
+            ),
+            Self::CitusShardLock {
+                shard,
+                code,
+                message,
+            } => parts(
+                *code,
+                format!("locking Citus shard {shard}: {message}"),
+                "Check that the Citus extension is at the version its library expects (ALTER EXTENSION citus UPDATE).",
             ),
             Self::CitusNode { node, error } => parts(
                 ERRCODE_CONNECTION_FAILURE,
