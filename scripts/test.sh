@@ -65,6 +65,7 @@ install_from_package() {
     "/usr/share/postgresql/$major/extension/session_reaper.control" \
     "/usr/share/postgresql/$major/extension/session_reaper--$version.sql" \
     "/usr/share/postgresql/$major/extension/session_reaper--0.2.0--0.3.0.sql" \
+    "/usr/share/postgresql/$major/extension/session_reaper--0.3.0--0.4.0.sql" \
     "/usr/share/doc/postgresql-$major-session-reaper/copyright"; do
     grep -qx "$want" <<<"$files" || { echo "$deb lacks $want" >&2; return 1; }
   done

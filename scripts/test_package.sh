@@ -80,7 +80,7 @@ lib=$("$SYSTEM_PG_CONFIG" --pkglibdir)
 ext=$("$SYSTEM_PG_CONFIG" --sharedir)/extension
 for want in "$lib/session_reaper.so" "$ext/session_reaper.control" "$ext/session_reaper--$version.sql" \
   "/usr/share/$PACKAGE/postgres_exporter.yaml" "/usr/share/$PACKAGE/alerts.yml" \
-  "/usr/share/doc/$PACKAGE/copyright" "$ext/session_reaper--0.2.0--0.3.0.sql"; do
+  "/usr/share/doc/$PACKAGE/copyright" "$ext/session_reaper--0.2.0--0.3.0.sql" "$ext/session_reaper--0.3.0--0.4.0.sql"; do
   grep -qx "$want" <<<"$files" || fail "the package does not install $want"
 done
 grep -qx "default_version = '$version'" "$ext/session_reaper.control" ||

@@ -58,6 +58,18 @@ fn a_distributed_table_over_32_shards_is_reaped_by_each_node_on_its_own_shards()
     wait_until("each node recorded its runs", SOON, || {
         cluster.deleted_per_worker("sessions") == per_worker
     });
+    // The coordinator shows the cluster: each node's runs, and the total.
+    let total = count(
+        &mut db,
+        "SELECT total_deleted FROM reaper_cluster_stats() WHERE node IS NULL AND target = 'public.sessions'",
+    );
+    assert_eq!(total, 1_000_000, "the cluster's total");
+    let nodes = count(
+        &mut db,
+        "SELECT count(*) FROM reaper_cluster_stats()
+          WHERE node IS NOT NULL AND target = 'public.sessions' AND last_status = 'ok'",
+    );
+    assert_eq!(nodes, 3, "a row per node, coordinator included");
     // The coordinator holds no shard: its runs remove nothing and fail at nothing.
     let coordinator = count(
         &mut db,
@@ -341,6 +353,17 @@ fn a_worker_node_down_mid_run_holds_up_no_other_node() {
     wait_until("worker 1 removed all of its dead rows", SOON * 2, || {
         deleted_on(up, "sessions") == per_worker[0]
     });
+    let unreachable = db
+        .query_one(
+            "SELECT node FROM reaper_cluster_stats() WHERE last_status = 'unreachable'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, String>(0);
+    assert!(
+        unreachable.ends_with(&format!(":{}", down.port)),
+        "{unreachable}"
+    );
     down.pg_ctl(&["start", "-w"]);
     wait_until("worker 2, back, removed the rest", SOON * 2, || {
         expired(&mut db, "sessions") == 0
