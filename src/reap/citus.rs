@@ -43,12 +43,12 @@ pub fn placement(relid: pg_sys::Oid) -> Placement {
         return Placement::Local;
     }
     let replicated = Spi::get_one_with_args::<bool>(
-        "SELECT p.repmodel = 't' OR EXISTS (
-                  SELECT 1 FROM pg_catalog.pg_dist_shard s
-                    JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = s.shardid
-                   WHERE s.logicalrelid = p.logicalrelid
-                   GROUP BY s.shardid HAVING count(*) > 1)
-           FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1",
+        "SELECT (SELECT p.repmodel = 't' OR EXISTS (
+                          SELECT 1 FROM pg_catalog.pg_dist_shard s
+                            JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = s.shardid
+                           WHERE s.logicalrelid = p.logicalrelid
+                           GROUP BY s.shardid HAVING count(*) > 1)
+                   FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)",
         &[relid.into()],
     )
     .expect("reading Citus' metadata");

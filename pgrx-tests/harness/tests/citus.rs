@@ -457,13 +457,14 @@ fn refreshes_at_the_edge_of_expiry_through_the_coordinator_lose_no_live_row() {
 }
 
 #[test]
-fn citus_local_and_schema_sharded_tables_are_reaped_where_their_one_shard_is() {
+fn plain_citus_local_and_schema_sharded_tables_are_reaped_where_their_rows_are() {
     if !available() {
         return;
     }
     let cluster = CitusCluster::start("citus_single", &["reaper.interval = '1s'"]);
     let mut db = cluster.connect();
     for statement in [
+        "CREATE TABLE plain (id bigserial PRIMARY KEY, expires_at timestamptz NOT NULL)",
         "CREATE TABLE loc (id bigserial PRIMARY KEY, expires_at timestamptz NOT NULL)",
         "SELECT citus_add_local_table_to_metadata('loc')",
         "SET citus.enable_schema_based_sharding = on",
@@ -473,7 +474,7 @@ fn citus_local_and_schema_sharded_tables_are_reaped_where_their_one_shard_is() {
     ] {
         db.batch_execute(statement).unwrap();
     }
-    for table in ["loc", "tenant.s"] {
+    for table in ["plain", "loc", "tenant.s"] {
         db.batch_execute(&format!(
             "INSERT INTO {table} (expires_at) SELECT now() - interval '1 hour' FROM generate_series(1, 1000);
              INSERT INTO {table} (expires_at) SELECT now() + interval '1 hour' FROM generate_series(1, 10);"
@@ -482,9 +483,10 @@ fn citus_local_and_schema_sharded_tables_are_reaped_where_their_one_shard_is() {
         db.execute(&format!("SELECT reaper_register('{table}')"), &[])
             .unwrap();
     }
-    wait_until("both tables lost their expired rows", SOON, || {
-        expired(&mut db, "loc") + expired(&mut db, "tenant.s") == 0
+    wait_until("the tables lost their expired rows", SOON, || {
+        expired(&mut db, "plain") + expired(&mut db, "loc") + expired(&mut db, "tenant.s") == 0
     });
+    assert_eq!(count(&mut db, "SELECT count(*) FROM plain"), 10);
     assert_eq!(count(&mut db, "SELECT count(*) FROM loc"), 10);
     assert_eq!(count(&mut db, "SELECT count(*) FROM tenant.s"), 10);
 }
