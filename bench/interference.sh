@@ -15,6 +15,13 @@
 #                                                         # the report adds the medians
 #   EXTRA_CONF="full_page_writes = off" bash bench/interference.sh   # one more postgresql.conf
 #                                                         # line, for an A/B of a setting
+#   RATE=auto bash bench/interference.sh                  # a realistic load: the store at a
+#                                                         # fixed rate (pgbench --rate), RATE_SHARE
+#                                                         # (default 0.5) of the tps it reaches
+#                                                         # flat out here (measured first), or
+#                                                         # RATE=N tps; latencies then count the
+#                                                         # schedule lag, and the report adds the
+#                                                         # rate held and the machine's busy share
 #   PHASES=1 bash bench/interference.sh                   # the worker logs its batches and
 #                                                         # prunes (DEBUG1); the report adds where
 #                                                         # the app's slowest 1% fell against them
@@ -53,6 +60,16 @@ burner_calibrate
 # The foreground: live rows have odd ids.
 scripts=$(mktemp -d)
 session_store_scripts "$scripts"
+if [ "${RATE:-}" = auto ]; then
+  fill_sessions "$ROWS"
+  flat=$(session_store "$scripts" "$CLIENTS" 15 $((ROWS / 2)) 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  RATE=$(awk -v t="$flat" -v s="${RATE_SHARE:-0.5}" 'BEGIN {printf "%d", t * s}')
+  echo "the store flat out: $flat tps; it runs at $RATE tps (${RATE_SHARE:-0.5} of that)"
+fi
+export RATE
+# busy_ticks: the machine's CPU ticks so far, "busy total" (/proc/stat: idle and iowait are
+# not busy).
+busy_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
 
 now_s() { date +%s.%N; }
 # WAL records the foreground's lookups wrote since the last pg_stat_statements_reset().
@@ -169,7 +186,8 @@ for round in $(seq 1 "$ROUNDS"); do
   mkdir -p "$dir"
   # A directory of a run before the cpu column (2026-12-01 16:25) starts afresh.
   head -1 "$dir/clearing.tsv" 2>/dev/null | grep -q 'cpu$' || rm -f "$dir/clearing.tsv"
-  [ -f "$dir/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan\tlookup_wal\tcpu" > "$dir/clearing.tsv"
+  head -1 "$dir/clearing.tsv" 2>/dev/null | grep -q 'busy$' || rm -f "$dir/clearing.tsv"
+  [ -f "$dir/clearing.tsv" ] || echo -e "contender\tstart\tend\trows\tbegan\tlookup_wal\tcpu\tbusy" > "$dir/clearing.tsv"
   for contender in $CONTENDERS; do
     echo "== round $round: $contender"
     fill_sessions "$ROWS"
@@ -183,15 +201,19 @@ for round in $(seq 1 "$ROUNDS"); do
       # pg_cron fires on the minute: begin the workload START seconds before the next one.
       sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
     fi
-    session_store "$scripts" "$CLIENTS" "$DURATION" $((ROWS / 2)) -l --log-prefix="$scripts/pgb_$contender" >/dev/null 2>&1 &
+    read -r busy0 total0 < <(busy_ticks)
+    session_store "$scripts" "$CLIENTS" "$DURATION" $((ROWS / 2)) ${RATE:+--rate=$RATE} -l \
+      --log-prefix="$scripts/pgb_$contender" >/dev/null 2>&1 &
     bench=$!
     began=$(now_s)
     [ "$contender" = cron ] || sleep "$START"
     read -r start end rows cpu < <(clear "$contender")
     wait "$bench"
+    read -r busy1 total1 < <(busy_ticks)
+    busy=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) 'BEGIN {printf "%.2f", b / t}')
     cat "$scripts"/pgb_"$contender".* > "$dir/pgbench_$contender.log"
     grep -v "^$contender	" "$dir/clearing.tsv" > "$dir/clearing.tmp" || true
-    echo -e "$contender\t$start\t$end\t$rows\t$began\t$(lookup_wal)\t$cpu" >> "$dir/clearing.tmp"
+    echo -e "$contender\t$start\t$end\t$rows\t$began\t$(lookup_wal)\t$cpu\t$busy" >> "$dir/clearing.tmp"
     mv "$dir/clearing.tmp" "$dir/clearing.tsv"
     left=$(dead)
     case $contender in none | cpu:* | other | scan) ;; *) [ "$left" -lt 1000 ] || echo "   ($left expired rows left)" ;; esac

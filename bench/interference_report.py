@@ -12,6 +12,7 @@ the same seconds of its workload; with several rounds, the median of each ratio 
 """
 import csv
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -31,9 +32,12 @@ def pct(values, p):
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
+# RATE (from interference.sh): the store ran at that fixed rate, its latencies counting the
+# schedule lag; "rate held" is the tps during the clearing over it.
+RATE = float(os.environ["RATE"]) if os.environ.get("RATE") else None
 HEAD = ("contender", "clear s", "rows/s", "contender CPU (cores)", "tps before", "tps during",
-        "p50 ms", "p99 ms", "max ms", "p99 vs before", "p99 vs baseline", "tps vs baseline", "txns lost vs baseline",
-        "lookup WAL records per 1,000 lookups")
+        "p50 ms", "p99 ms", "p99.9 ms", "max ms", "p99 vs before", "p99 vs baseline", "tps vs baseline",
+        "txns lost vs baseline", "lookup WAL records per 1,000 lookups", "machine busy", "rate held")
 
 
 def report(tsv):
@@ -72,14 +76,17 @@ def report(tsv):
             "p99 vs baseline": pct(during, 0.99) / pct(base, 0.99),
             "tps vs baseline": len(during) / len(base) if base else float("nan"),
             "lookup WAL per 1,000": 1000 * int(wal) / lookups if wal and lookups else float("nan"),
+            "p99.9 vs baseline": pct(during, 0.999) / pct(base, 0.999),
+            "rate held": len(during) / (hi - lo) / RATE if RATE else float("nan"),
         }
         lost = len(txns_of["none"]) - len(txns_of[c]) if "none" in txns_of else 0
         print(" | ".join([
             c, f"{seconds:.2f}", f"{f['rows/s']:,.0f}", f"{f['cores']:.2f}",
             f"{len(before) / max(lo - 1.0, 1e-9):,.0f}", f"{len(during) / (hi - lo):,.0f}",
-            f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{max(during, default=0):.1f}",
+            f"{pct(during, 0.5):.2f}", f"{pct(during, 0.99):.2f}", f"{pct(during, 0.999):.2f}",
+            f"{max(during, default=0):.1f}",
             f"{f['p99 vs before']:.2f}", f"{f['p99 vs baseline']:.2f}", f"{f['tps vs baseline']:.2f}",
-            f"{lost:,}", f"{f['lookup WAL per 1,000']:.1f}",
+            f"{lost:,}", f"{f['lookup WAL per 1,000']:.1f}", run.get("busy") or "-", f"{f['rate held']:.2f}",
         ]))
         per_second = {}
         for t, lat in txns_of[c]:
@@ -99,7 +106,7 @@ if len(rounds) > 1:
     # The machine's own spread between runs is as large as the effects: the median of each
     # figure over the rounds is the one to quote.
     keys = ("rows/s", "cores", "tps vs baseline", "p99 vs baseline", "p99 vs before",
-            "lookup WAL per 1,000")
+            "lookup WAL per 1,000", "p99.9 vs baseline", "rate held")
     print(f"\nmedian over the rounds (of {len(rounds)}) that ran the contender:")
     print(" | ".join(("contender", "rounds") + keys))
     print(" | ".join("---" for _ in range(len(keys) + 2)))
@@ -111,7 +118,8 @@ if len(rounds) > 1:
             known = [f[k] for f in ran if not math.isnan(f[k])]
             values.append(statistics.median(known) if known else float("nan"))
         print(" | ".join([c, str(len(ran)), f"{values[0]:,.0f}"]
-                         + [f"{v:.2f}" for v in values[1:5]] + [f"{values[5]:.1f}"]))
+                         + [f"{v:.2f}" for v in values[1:5]] + [f"{values[5]:.1f}"]
+                         + [f"{v:.2f}" for v in values[6:]]))
 
 try:
     import matplotlib
