@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# flat_out.sh — session_reaper flat out (batch_delay 0) against one DELETE, in PAIRS
+# interleaved pairs on fresh tables of ROWS rows (half expired), so that this machine's
+# run-to-run spread shows and the medians can be quoted. Each pair is one run of
+# bench/batch_strategies.sh (a fresh cluster, a fresh table per contender), the order of the
+# two alternating from pair to pair. Prints every pair, then the medians of rows/s, WAL and the
+# longest transaction, and the reaper's ratios to the DELETE (median of the per-pair ratios).
+#
+#   bash bench/flat_out.sh [ROWS] [PAIRS]      # default 2,000,000 rows, 5 pairs
+#   BATCH=30000 bash bench/flat_out.sh 20000000 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-2000000} PAIRS=${2:-5} BATCH=${BATCH:-10000}
+dir=${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}
+all=$(mktemp)
+trap 'rm -f "$all"' EXIT
+for pair in $(seq 1 "$PAIRS"); do
+  order="single reaper:$BATCH"
+  [ $((pair % 2)) -eq 0 ] && order="reaper:$BATCH single"
+  echo "== pair $pair of $PAIRS: $order"
+  STRATEGIES=$order BENCH_DIR=$dir PLOT=/dev/null bash bench/batch_strategies.sh "$ROWS" >/dev/null 2>&1 ||
+    { echo "pair $pair failed: see $dir/server.log" >&2; exit 1; }
+  sed "s/^/$pair\t/" "$dir/backlog.tsv" >> "$all"
+done
+echo
+echo "One DELETE against session_reaper flat out (batch_size $BATCH, batch_delay 0): $ROWS rows, $((ROWS / 2)) expired, $PAIRS pairs, $(nproc) cores"
+python3 - "$all" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    pair, strategy, rows, seconds, wal, longest = line.rstrip("\n").split("\t")
+    kind = "delete" if strategy == "single" else "reaper"
+    runs.setdefault(int(pair), {})[kind] = (int(rows) / float(seconds), float(wal), float(longest))
+print("pair | DELETE rows/s | reaper rows/s | rows/s ratio | WAL ratio | DELETE longest ms | reaper longest ms")
+print("--- | --- | --- | --- | --- | --- | ---")
+ratios, wals = [], []
+for pair, r in sorted(runs.items()):
+    (dr, dw, dl), (rr, rw, rl) = r["delete"], r["reaper"]
+    ratios.append(rr / dr); wals.append(rw / dw)
+    print(f"{pair} | {dr:,.0f} | {rr:,.0f} | {rr / dr:.2f} | {rw / dw:.3f} | {dl:,.0f} | {rl:,.1f}")
+med = lambda kind, i: statistics.median(r[kind][i] for r in runs.values())
+print(f"median | {med('delete', 0):,.0f} | {med('reaper', 0):,.0f} | {statistics.median(ratios):.2f} | "
+      f"{statistics.median(wals):.3f} | {med('delete', 2):,.0f} | {med('reaper', 2):,.1f}")
+print(f"spread of the DELETE's rows/s: {min(r['delete'][0] for r in runs.values()):,.0f} - "
+      f"{max(r['delete'][0] for r in runs.values()):,.0f}; of the ratio: {min(ratios):.2f} - {max(ratios):.2f}")
+PY
