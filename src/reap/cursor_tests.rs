@@ -7,6 +7,8 @@ use pgrx::prelude::*;
 #[pg_schema]
 mod tests {
     use crate::api::tests::tests::{count, run, sessions_table};
+    use crate::reap::cursor::Cursor;
+    use crate::reap::statement::compose;
     use pgrx::prelude::*;
 
     /// Without an index on the column, a run walks the table by page ranges sized to about a
@@ -82,11 +84,11 @@ mod tests {
                 .to_string()
         };
         // The pick still reads the dead rows through the index; the DELETE takes them by ctid.
-        let expiry = crate::reap::cursor::Cursor::Expiry(None).statement(&target, 1000, false);
+        let expiry = compose(&target, &Cursor::Expiry(None), 1000, false);
         let plan = plan_of(expiry);
         assert!(plan.contains(r#""Node Type":"Tid Scan""#), "{plan}");
         assert!(plan.contains(r#""Node Type":"Index Scan""#), "{plan}");
-        let pages = crate::reap::cursor::Cursor::Pages {
+        let pages = Cursor::Pages {
             next: 0,
             span: 20,
             end: 200,
@@ -94,7 +96,7 @@ mod tests {
         };
         let range_scan = "Tid Range Scan";
         for skip_locked in [false, true] {
-            let plan = plan_of(pages.statement(&target, 1000, skip_locked));
+            let plan = plan_of(compose(&target, &pages, 1000, skip_locked));
             assert!(
                 plan.contains(&format!(r#""Node Type":"{range_scan}""#)),
                 "{plan}"
@@ -128,8 +130,8 @@ mod tests {
             .remove(0)
             .target
             .unwrap();
-        let statement = crate::reap::cursor::Cursor::first(&target, 1000, false)
-            .statement(&target, 1000, false);
+        let cursor = Cursor::first(&target, 1000, false);
+        let statement = compose(&target, &cursor, 1000, false);
         let plan = Spi::explain(&statement)
             .expect("the batch statement plans")
             .0
