@@ -151,9 +151,30 @@ fn delete(table: &str, which: &str) -> String {
 #[pgrx::pg_schema]
 mod tests {
     use super::compose;
-    use crate::api::tests::tests::{run, sessions_table};
+    use crate::api::tests::tests::{run, sessions_table, split_table};
     use crate::reap::cursor::Cursor;
+    use crate::reap::target::Target;
     use pgrx::prelude::*;
+
+    /// The target of the registered table `table`, as a run loads it.
+    fn loaded(table: &str) -> Target {
+        let relid =
+            Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::regclass::oid", &[table.into()])
+                .unwrap()
+                .unwrap();
+        crate::reap::target::load(Some(relid))
+            .remove(0)
+            .target
+            .unwrap()
+    }
+
+    /// The plan of `statement`, as JSON text.
+    fn plan_of(statement: String) -> String {
+        Spi::explain(&statement)
+            .expect("the batch statement plans")
+            .0
+            .to_string()
+    }
 
     /// A batch's DELETE finds its rows by physical address even when the table's statistics
     /// predate the rows' expiry (as they do in a steady state: they say every row expires
@@ -169,19 +190,7 @@ mod tests {
         run("INSERT INTO sessions (token, expires_at)
                SELECT 'dead', now() - interval '1 second' * g FROM generate_series(1, 5000) g");
         run("SELECT reaper_register('sessions')");
-        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'sessions'::regclass::oid")
-            .unwrap()
-            .unwrap();
-        let target = crate::reap::target::load(Some(relid))
-            .remove(0)
-            .target
-            .unwrap();
-        let plan_of = |statement: String| {
-            Spi::explain(&statement)
-                .expect("the batch statement plans")
-                .0
-                .to_string()
-        };
+        let target = loaded("sessions");
         // The pick still reads the dead rows through the index; the DELETE takes them by ctid.
         let expiry = compose(&target, &Cursor::Expiry(None), 1000, false);
         let plan = plan_of(expiry);
@@ -209,32 +218,15 @@ mod tests {
     /// the batch's ctids, which it would if the condition were written so no index can use it.
     #[pg_test]
     fn a_partitioned_batch_delete_skips_the_live_partitions() {
-        run(
-            "CREATE TABLE tokens (expires_at timestamptz NOT NULL) PARTITION BY RANGE (expires_at)",
-        );
-        run("DO $$ BEGIN
-               EXECUTE format('CREATE TABLE tokens_old PARTITION OF tokens FOR VALUES FROM (MINVALUE) TO (%L)',
-                              now() + interval '1 hour');
-               EXECUTE format('CREATE TABLE tokens_new PARTITION OF tokens FOR VALUES FROM (%L) TO (MAXVALUE)',
-                              now() + interval '1 hour');
-             END $$");
+        split_table("tokens", "expires_at timestamptz NOT NULL", "1 hour");
         run("CREATE INDEX ON tokens (expires_at)");
         run("INSERT INTO tokens SELECT now() + interval '1 day' FROM generate_series(1, 2000)");
         run("INSERT INTO tokens SELECT now() - interval '1 minute' FROM generate_series(1, 200)");
         run("SELECT reaper_register('tokens')");
-        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'tokens'::regclass::oid")
-            .unwrap()
-            .unwrap();
-        let target = crate::reap::target::load(Some(relid))
-            .remove(0)
-            .target
-            .unwrap();
+        let target = loaded("tokens");
         let cursor = Cursor::first(&target, 1000, false);
         let statement = compose(&target, &cursor, 1000, false);
-        let plan = Spi::explain(&statement)
-            .expect("the batch statement plans")
-            .0
-            .to_string();
+        let plan = plan_of(statement);
         let live_partition_scanned = Spi::get_one_with_args::<bool>(
             r#"SELECT jsonb_path_exists($1::jsonb, 'lax $.** ? (@."Node Type" == "ModifyTable").**
                  ? (@."Node Type" like_regex "Scan$" && @."Relation Name" == "tokens_new")')"#,
