@@ -9,6 +9,7 @@ use crate::reap::batch::{self, Progress};
 use crate::reap::cursor::Cursor;
 use crate::reap::history::{self, Run, Status};
 use crate::reap::partitions;
+use crate::reap::statement;
 use crate::reap::target::{self, Registered, Target};
 use crate::shared::errors::ReaperError;
 use crate::shared::security::{as_role, may_manage, with_settings};
@@ -234,8 +235,8 @@ fn describe(
         as_role(t.owner, || {
             // The first batch a run would start with now: its way of walking the table
             // depends on the backlog, as in a real run.
-            let statement =
-                Cursor::begin(t, t.batch_size(), false).statement(t, t.batch_size(), false);
+            let cursor = Cursor::begin(t, t.batch_size(), false);
+            let statement = statement::compose(t, &cursor, t.batch_size(), false);
             let partitions = match t.action {
                 Action::DropPartitions => partitions::dead_partitions(t).collect(),
                 _ => Vec::new(),

@@ -53,6 +53,22 @@ pub(crate) mod tests {
                                     created_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL)");
     }
 
+    /// Creates `table (columns)`, range-partitioned by `expires_at` at now() + `split`: rows
+    /// below it go into `{table}_old`, the rest into `{table}_new`.
+    pub(crate) fn split_table(table: &str, columns: &str, split: &str) {
+        run(&format!(
+            "CREATE TABLE {table} ({columns}) PARTITION BY RANGE (expires_at)"
+        ));
+        run(&format!(
+            "DO $$ BEGIN
+               EXECUTE format('CREATE TABLE {table}_old PARTITION OF {table} FOR VALUES FROM (MINVALUE) TO (%L)',
+                              now() + interval '{split}');
+               EXECUTE format('CREATE TABLE {table}_new PARTITION OF {table} FOR VALUES FROM (%L) TO (MAXVALUE)',
+                              now() + interval '{split}');
+             END $$"
+        ));
+    }
+
     /// Registering a bad input fails with `code`, names the table in its message, and leaves the
     /// registry as it was.
     pub(crate) fn assert_refused(sql: &str, code: PgSqlErrorCode, names: &str) {

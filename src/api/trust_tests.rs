@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 #[pg_schema]
 mod tests {
-    use crate::api::tests::tests::{assert_refused, count, run, sessions_table, text};
+    use crate::api::tests::tests::{assert_refused, count, run, sessions_table, split_table, text};
     use pgrx::prelude::*;
     use pgrx::PgSqlErrorCode::*;
 
@@ -214,13 +214,7 @@ mod tests {
     #[pg_test]
     fn a_partition_bound_reads_back_the_same_whatever_the_datestyle() {
         run("SET LOCAL TimeZone = 'IST-1'");
-        run("CREATE TABLE p (id int, expires_at timestamptz NOT NULL) PARTITION BY RANGE (expires_at)");
-        run("DO $$ BEGIN
-               EXECUTE format('CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (MINVALUE) TO (%L)',
-                              now() + interval '30 minutes');
-               EXECUTE format('CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (%L) TO (MAXVALUE)',
-                              now() + interval '30 minutes');
-             END $$");
+        split_table("p", "id int, expires_at timestamptz NOT NULL", "30 minutes");
         run("INSERT INTO p VALUES (1, now() - interval '1 hour'), (2, now() + interval '10 minutes')");
         // The partitions were made in ISO style; the reap runs in a session whose style differs.
         run("SET LOCAL DateStyle = 'SQL, DMY'");

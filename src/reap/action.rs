@@ -3,8 +3,8 @@
 //! dead rows and delete the rest.
 //!
 //! Every action changes rows through one data-modifying statement whose WHERE clause is the
-//! cursor's batch and the target's dead-row condition (cursor.rs), so the expiry re-check that
-//! keeps refreshed rows alive is the same for all of them.
+//! cursor's batch and the target's dead-row condition (composed in statement.rs), so the expiry
+//! re-check that keeps refreshed rows alive is the same for all of them.
 
 use crate::shared::errors::ReaperError;
 use pgrx::prelude::*;
@@ -46,47 +46,6 @@ impl Action {
             Self::Update { .. } => "updated",
         }
     }
-
-    /// The data-modifying CTE body that acts on the rows of `table` matching `which`, returning
-    /// one row per row acted on (an update's rows say whether they match the dead condition
-    /// `dead` again, see [`Action::again`]).
-    pub fn modify(&self, table: &str, which: &str, dead: &str) -> String {
-        match self {
-            Self::Delete | Self::DropPartitions => format!("{} RETURNING 1", delete(table, which)),
-            Self::Archive { columns, .. } => {
-                format!("{} RETURNING {columns}", delete(table, which))
-            }
-            // The SET list ends its line: a `--` comment in it cannot swallow the WHERE clause
-            // (registration refuses any list that would, see check_update_set).
-            Self::Update { set } => format!(
-                "UPDATE {table} SET {set}\n WHERE {which} RETURNING (({dead}) IS TRUE) AS _reaper_again"
-            ),
-        }
-    }
-
-    /// How many rows of `gone` (the rows acted on) would match again: only an update can
-    /// leave such rows, and every run would then update them again.
-    pub fn again(&self) -> &'static str {
-        match self {
-            Self::Update { .. } => "(SELECT count(*) FILTER (WHERE _reaper_again) FROM gone)",
-            _ => "0::bigint",
-        }
-    }
-
-    /// A further CTE that the action needs after `gone` (the rows acted on), with its comma.
-    pub fn follow_up(&self) -> String {
-        match self {
-            Self::Archive { table, columns } => {
-                format!(", moved AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM gone)")
-            }
-            _ => String::new(),
-        }
-    }
-}
-
-/// The DELETE of the rows of `table` matching `which`.
-pub fn delete(table: &str, which: &str) -> String {
-    format!("DELETE FROM {table} WHERE {which}")
 }
 
 /// The target's column list for an archive: every stored column, quoted, in table order.

@@ -9,6 +9,7 @@
 
 use crate::reap::cursor::{page_range, Cursor};
 use crate::reap::partitions;
+use crate::reap::statement;
 use crate::reap::target::Target;
 use crate::shared::errors::ReaperError;
 use crate::shared::security::{as_role, with_settings};
@@ -127,11 +128,11 @@ pub fn delete_batch(
             }
             cursor = Cursor::begin(target, limit, exact);
         }
-        let statement = cursor.statement(target, limit, locked == Locked::Skip);
+        let statement = statement::compose(target, &cursor, limit, locked == Locked::Skip);
         let (deleted, picked, last_key, again) = Spi::connect_mut(|client| {
             let table = client.update(statement.as_str(), None, &[])?;
             if table.columns().is_err() {
-                // A plain DELETE (see Cursor::statement): it returns its row count only.
+                // A plain DELETE (see statement::compose): it returns its row count only.
                 return Ok((table.len() as i64, 0, None, 0));
             }
             let row = table.first();

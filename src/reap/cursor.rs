@@ -1,4 +1,4 @@
-//! cursor.rs — where the next batch of a run starts, and the statement each batch runs.
+//! cursor.rs — where the next batch of a run starts, and how the run walks the table.
 //!
 //! A run never scans again what its earlier batches removed. Two ways of walking a table:
 //! - **Pages**: a range of physical pages per batch (`ctid >= '(p,0)' AND ctid < '(q,0)'`, a TID
@@ -11,14 +11,10 @@
 //!   batch stopped, then delete those still dead by physical address. Reads only dead rows:
 //!   used for the usual small backlog, and when a run must stop at an exact row count.
 //!
-//! Either way the dead-row condition is part of the DELETE itself, so a row refreshed after the
-//! batch began is re-checked and kept; that re-check is written so that no index can serve it
-//! (see `recheck`). No row lock is taken first: `FOR UPDATE SKIP LOCKED` writes a lock record
-//! per row, more WAL for nothing (docs/design.md, "One batch").
+//! The statement a batch runs from a cursor is composed in statement.rs.
 
 use crate::reap::action::Action;
 use crate::reap::target::Target;
-use crate::shared::sql::{quote_ident, quote_literal};
 use pgrx::prelude::*;
 
 /// Dead rows at or above this share of the table's rows make a run walk pages.
@@ -92,67 +88,6 @@ impl Cursor {
         }
     }
 
-    /// The statement of the next batch of rows. It returns (rows acted on, rows picked, the
-    /// largest expiry value picked as text, rows an update left matching), except a page batch
-    /// that deletes, which is a plain DELETE (its row count is the rows acted on); page batches
-    /// pick nothing. With `skip_locked`, rows another transaction holds locked are left for a later
-    /// run instead of waited for.
-    pub fn statement(&self, target: &Target, limit: i64, skip_locked: bool) -> String {
-        let table = target.qualified();
-        let dead = target.dead_condition();
-        let recheck = recheck(target, &dead);
-        let action = &target.action;
-        let lock = if skip_locked {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        match self {
-            Cursor::Pages { .. } => {
-                let (first, end) = self.pages().expect("a page cursor has pages");
-                let range = page_range(first, end);
-                let which = if skip_locked {
-                    format!("ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {range} AND {recheck}{lock}))")
-                } else {
-                    range
-                };
-                let which = format!("{which} AND {recheck}");
-                match action {
-                    // The common case, as plain as one big DELETE: its row count is the
-                    // statement's own (a RETURNING CTE costs more per row).
-                    Action::Delete | Action::DropPartitions => {
-                        crate::reap::action::delete(&table, &which)
-                    }
-                    _ => format!(
-                        "WITH gone AS ({}){} SELECT count(*), 0::bigint, NULL::text, {} FROM gone",
-                        action.modify(&table, &which, &dead),
-                        action.follow_up(),
-                        action.again()
-                    ),
-                }
-            }
-            Cursor::Expiry(from) => {
-                let col = quote_ident(&target.column);
-                let from = from.as_ref().map_or(String::new(), |value| {
-                    format!(
-                        " AND {col} >= {}::{}",
-                        quote_literal(value),
-                        target.column_type
-                    )
-                });
-                let bound = format!("{from} ORDER BY {col} LIMIT {limit}{lock}");
-                pick_and_act(target, (&dead, &recheck), &col, &bound)
-            }
-            Cursor::FromStart => pick_and_act(
-                target,
-                (&dead, &recheck),
-                "ctid",
-                &format!(" LIMIT {limit}{lock}"),
-            ),
-            Cursor::Partitions => unreachable!("partitions are dropped, not reaped by statement"),
-        }
-    }
-
     /// The pages a page batch covers, `[first, end)`; None for the other ways of walking.
     pub fn pages(&self) -> Option<(u32, u64)> {
         match self {
@@ -211,52 +146,4 @@ pub fn page_range(first: u32, end: u64) -> String {
 fn span_for(wanted: f64, limit: i64, rows_per_page: f64) -> u32 {
     let most = (2.0 * limit as f64 / rows_per_page.max(1.0)).clamp(1.0, f64::from(MAX_SPAN));
     wanted.clamp(1.0, most) as u32
-}
-
-/// The dead-row condition for a statement whose rows are already found by their physical
-/// address (a page range, or the ctids a batch picked): the same in a WHERE clause, but no
-/// index can serve `… IS TRUE`, so the planner keeps the TID scan. With statistics older than
-/// the rows' expiry (the usual case: rows expire by the clock, not by writes) it would estimate
-/// one dead row and choose an index scan over every dead row of the table, each checked
-/// against the batch's ctids, for every batch. A table with partitions or children keeps the
-/// plain condition: partition pruning cannot read `IS TRUE` either, and without it every
-/// partition, the live ones too, would be probed for the batch's ctids.
-fn recheck(target: &Target, dead: &str) -> String {
-    if target.has_children {
-        dead.to_string()
-    } else {
-        format!("(({dead}) IS TRUE)")
-    }
-}
-
-/// Picks dead rows (by `key`, as `bound` orders and limits them, with `dead`), then acts on
-/// those still dead (`recheck`). A row is found again by its physical address; in a table
-/// with partitions or children the same address exists once in each of them, so there the
-/// address is matched together with the relation it is in (`tableoid`), or one batch would
-/// act on the rows at those addresses in every partition.
-fn pick_and_act(target: &Target, (dead, recheck): (&str, &str), key: &str, bound: &str) -> String {
-    let table = target.qualified();
-    let action = &target.action;
-    let (picked, which) = if target.has_children {
-        (
-            "tableoid AS rel, ctid",
-            format!(
-                "ctid = ANY (ARRAY(SELECT ctid FROM batch)) \
-                 AND (tableoid, ctid) IN (SELECT rel, ctid FROM batch) AND {recheck}"
-            ),
-        )
-    } else {
-        (
-            "ctid",
-            format!("ctid = ANY (ARRAY(SELECT ctid FROM batch)) AND {recheck}"),
-        )
-    };
-    format!(
-        "WITH batch AS MATERIALIZED (SELECT {picked}, {key} AS key FROM {table} WHERE {dead}{bound}), \
-         gone AS ({}){} \
-         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), (SELECT max(key)::text FROM batch), {}",
-        action.modify(&table, &which, dead),
-        action.follow_up(),
-        action.again()
-    )
 }

@@ -1,6 +1,6 @@
 //! In-crate tests of cursor.rs: how a run walks a table (page ranges, the expiry index,
-//! partitions, inheritance children) and how each batch's statement plans. Each runs in one
-//! rolled-back transaction.
+//! inheritance children). How each batch's statement plans is tested in statement.rs. Each
+//! runs in one rolled-back transaction.
 
 use pgrx::prelude::*;
 
@@ -52,96 +52,6 @@ mod tests {
             count(&format!("SELECT count(*) FROM sessions WHERE {all}")),
             1
         );
-    }
-
-    /// A batch's DELETE finds its rows by physical address even when the table's statistics
-    /// predate the rows' expiry (as they do in a steady state: they say every row expires
-    /// later). Its dead-row re-check once let the planner pick an index scan over every dead
-    /// row of the table instead, each checked against the batch's ctids (2.7 s for 10,000).
-    #[pg_test]
-    fn a_batch_keeps_its_tid_scan_when_the_statistics_predate_the_expiry() {
-        sessions_table();
-        run("CREATE INDEX ON sessions (expires_at)");
-        run("INSERT INTO sessions (token, expires_at)
-               SELECT 'live', now() + interval '1 day' FROM generate_series(1, 20000)");
-        run("ANALYZE sessions");
-        run("INSERT INTO sessions (token, expires_at)
-               SELECT 'dead', now() - interval '1 second' * g FROM generate_series(1, 5000) g");
-        run("SELECT reaper_register('sessions')");
-        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'sessions'::regclass::oid")
-            .unwrap()
-            .unwrap();
-        let target = crate::reap::target::load(Some(relid))
-            .remove(0)
-            .target
-            .unwrap();
-        let plan_of = |statement: String| {
-            Spi::explain(&statement)
-                .expect("the batch statement plans")
-                .0
-                .to_string()
-        };
-        // The pick still reads the dead rows through the index; the DELETE takes them by ctid.
-        let expiry = crate::reap::cursor::Cursor::Expiry(None).statement(&target, 1000, false);
-        let plan = plan_of(expiry);
-        assert!(plan.contains(r#""Node Type":"Tid Scan""#), "{plan}");
-        assert!(plan.contains(r#""Node Type":"Index Scan""#), "{plan}");
-        let pages = crate::reap::cursor::Cursor::Pages {
-            next: 0,
-            span: 20,
-            end: 200,
-            rows_per_page: 125.0,
-        };
-        let range_scan = "Tid Range Scan";
-        for skip_locked in [false, true] {
-            let plan = plan_of(pages.statement(&target, 1000, skip_locked));
-            assert!(
-                plan.contains(&format!(r#""Node Type":"{range_scan}""#)),
-                "{plan}"
-            );
-            assert!(!plan.contains("Index Scan"), "{plan}");
-        }
-    }
-
-    /// A partitioned target's batch DELETE skips the partitions that hold only live rows
-    /// (Postgres prunes them by the dead-row condition) instead of probing each of them for
-    /// the batch's ctids, which it would if the condition were written so no index can use it.
-    #[pg_test]
-    fn a_partitioned_batch_delete_skips_the_live_partitions() {
-        run(
-            "CREATE TABLE tokens (expires_at timestamptz NOT NULL) PARTITION BY RANGE (expires_at)",
-        );
-        run("DO $$ BEGIN
-               EXECUTE format('CREATE TABLE tokens_old PARTITION OF tokens FOR VALUES FROM (MINVALUE) TO (%L)',
-                              now() + interval '1 hour');
-               EXECUTE format('CREATE TABLE tokens_new PARTITION OF tokens FOR VALUES FROM (%L) TO (MAXVALUE)',
-                              now() + interval '1 hour');
-             END $$");
-        run("CREATE INDEX ON tokens (expires_at)");
-        run("INSERT INTO tokens SELECT now() + interval '1 day' FROM generate_series(1, 2000)");
-        run("INSERT INTO tokens SELECT now() - interval '1 minute' FROM generate_series(1, 200)");
-        run("SELECT reaper_register('tokens')");
-        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'tokens'::regclass::oid")
-            .unwrap()
-            .unwrap();
-        let target = crate::reap::target::load(Some(relid))
-            .remove(0)
-            .target
-            .unwrap();
-        let statement = crate::reap::cursor::Cursor::first(&target, 1000, false)
-            .statement(&target, 1000, false);
-        let plan = Spi::explain(&statement)
-            .expect("the batch statement plans")
-            .0
-            .to_string();
-        let live_partition_scanned = Spi::get_one_with_args::<bool>(
-            r#"SELECT jsonb_path_exists($1::jsonb, 'lax $.** ? (@."Node Type" == "ModifyTable").**
-                 ? (@."Node Type" like_regex "Scan$" && @."Relation Name" == "tokens_new")')"#,
-            &[plan.as_str().into()],
-        )
-        .unwrap()
-        .unwrap();
-        assert!(!live_partition_scanned, "{plan}");
     }
 
     /// A table with inheritance children is reaped as `DELETE FROM parent` would be, children

@@ -10,6 +10,7 @@ pub mod history;
 pub mod partitions;
 pub mod predicate;
 pub mod schedule;
+pub mod statement;
 pub mod target;
 
 #[cfg(any(test, feature = "pg_test"))]
