@@ -84,11 +84,11 @@ fn another_role_can_neither_manage_nor_see_a_target_it_may_not_read() {
     // path names pg_temp last (unlisted, pg_temp is searched first for tables and types).
     let functions = "SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
                       JOIN pg_extension e ON e.oid = d.refobjid AND d.deptype = 'e' WHERE e.extname = 'session_reaper'";
-    // 10 of the API, and the DDL event triggers' two plpgsql functions and the two Rust
-    // functions they call (sql/ddl.sql).
+    // 11 of the API (reaper_cluster_stats among them), and the DDL event triggers' two plpgsql
+    // functions and the two Rust functions they call (sql/ddl.sql).
     assert_eq!(
         count(&mut admin, functions),
-        14,
+        15,
         "the extension's functions are found"
     );
     assert_eq!(
