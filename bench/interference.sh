@@ -22,6 +22,11 @@
 #                                                         # RATE=N tps; latencies then count the
 #                                                         # schedule lag, and the report adds the
 #                                                         # rate held and the machine's busy share
+#   SAMPLE=1 bash bench/interference.sh                   # evidence for the cost beyond CPU:
+#                                                         # the app's wait events, sampled every
+#                                                         # 10 ms during each clearing, and the
+#                                                         # WAL each run wrote (records, full-page
+#                                                         # images, writes, syncs and their time)
 #   PHASES=1 bash bench/interference.sh                   # the worker logs its batches and
 #                                                         # prunes (DEBUG1); the report adds where
 #                                                         # the app's slowest 1% fell against them
@@ -49,12 +54,35 @@ source bench/sessions.sh
 pg_cron_install
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_interference}" "${BENCH_PORT:-54343}" \
   "shared_preload_libraries = 'session_reaper,pg_cron,pg_stat_statements'" "${PG_CRON_CONF[@]}" \
-  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"} ${PHASES:+"log_min_messages = debug1"} ${PHASES:+"log_timezone = 'UTC'"}
+  "${SESSION_STORE_CONF[@]}" ${EXTRA_CONF:+"$EXTRA_CONF"} ${PHASES:+"log_min_messages = debug1"} ${PHASES:+"log_timezone = 'UTC'"} \
+  ${SAMPLE:+"track_wal_io_timing = on"}
 trap cluster_stop EXIT
 cluster_psql -q -c "CREATE EXTENSION session_reaper" -c "CREATE EXTENSION pg_cron" \
   -c "CREATE EXTENSION pg_stat_statements"
 cpu_clock_install
 burner_calibrate
+if [ -n "${SAMPLE:-}" ]; then
+  # A sample is what each of the app's active backends waits on (CPU: nothing); a commit per
+  # sample, so the sampler holds no snapshot back from pruning.
+  cluster_psql -q <<'SQL'
+CREATE UNLOGGED TABLE bench_waits (round int, contender text, at timestamptz, wait text);
+CREATE UNLOGGED TABLE bench_windows (round int, contender text, started timestamptz, ended timestamptz);
+CREATE UNLOGGED TABLE bench_wal (round int, contender text, records bigint, fpi bigint, bytes numeric,
+                                 writes bigint, syncs bigint, write_ms float8, sync_ms float8);
+CREATE PROCEDURE bench_sample(r int, c text, seconds int) LANGUAGE plpgsql AS $$
+DECLARE stop timestamptz := clock_timestamp() + seconds * interval '1 second';
+BEGIN
+  WHILE clock_timestamp() < stop LOOP
+    INSERT INTO bench_waits SELECT r, c, clock_timestamp(), coalesce(wait_event_type || ':' || wait_event, 'CPU')
+      FROM pg_stat_activity WHERE application_name = 'pgbench' AND state = 'active';
+    COMMIT;
+    PERFORM pg_stat_clear_snapshot();
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END $$;
+CREATE VIEW bench_wal_now AS SELECT wal_records, wal_fpi, wal_bytes, wal_write, wal_sync, wal_write_time, wal_sync_time FROM pg_stat_wal;
+SQL
+fi
 
 
 # The foreground: live rows have odd ids.
@@ -201,6 +229,11 @@ for round in $(seq 1 "$ROUNDS"); do
       # pg_cron fires on the minute: begin the workload START seconds before the next one.
       sleep $(( (120 - 10#$(date +%S) - START) % 60 ))
     fi
+    if [ -n "${SAMPLE:-}" ]; then
+      cluster_psql -q -c "DROP TABLE IF EXISTS wal_mark" -c "CREATE TABLE wal_mark AS SELECT * FROM bench_wal_now" >/dev/null
+      cluster_psql -q -c "CALL bench_sample($round, '$contender', $DURATION)" >/dev/null &
+      sampler=$!
+    fi
     read -r busy0 total0 < <(busy_ticks)
     session_store "$scripts" "$CLIENTS" "$DURATION" $((ROWS / 2)) ${RATE:+--rate=$RATE} -l \
       --log-prefix="$scripts/pgb_$contender" >/dev/null 2>&1 &
@@ -210,6 +243,13 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r start end rows cpu < <(clear "$contender")
     wait "$bench"
     read -r busy1 total1 < <(busy_ticks)
+    if [ -n "${SAMPLE:-}" ]; then
+      wait "$sampler"
+      cluster_psql -q -c "INSERT INTO bench_windows VALUES ($round, '$contender', to_timestamp($start), to_timestamp(greatest($end, $start + 1)))" \
+        -c "INSERT INTO bench_wal SELECT $round, '$contender', n.wal_records - m.wal_records, n.wal_fpi - m.wal_fpi,
+              n.wal_bytes - m.wal_bytes, n.wal_write - m.wal_write, n.wal_sync - m.wal_sync,
+              n.wal_write_time - m.wal_write_time, n.wal_sync_time - m.wal_sync_time FROM bench_wal_now n, wal_mark m" >/dev/null
+    fi
     busy=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) 'BEGIN {printf "%.2f", b / t}')
     cat "$scripts"/pgb_"$contender".* > "$dir/pgbench_$contender.log"
     grep -v "^$contender	" "$dir/clearing.tsv" > "$dir/clearing.tmp" || true
@@ -223,6 +263,31 @@ done
 REPORT=${REPORT:-bench/last_interference.txt}
 python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" "$CLIENTS" | tee "$REPORT"
 cp "$OUT"/interference_*.png "${PLOTS:-$(dirname "$REPORT")}/" 2>/dev/null || true
+
+# SAMPLE=1: where the app's transactions waited while each contender cleared (share of the
+# samples of its active backends, over all rounds), and the WAL of each whole run (medians).
+if [ -n "${SAMPLE:-}" ]; then
+  {
+    echo -e "\nThe app's active backends during the clearing: share of samples per wait (CPU: none), all rounds"
+    cluster_psql -P footer=off -c "
+      SELECT * FROM (
+        SELECT w.contender, w.wait, round(100.0 * count(*) / sum(count(*)) OVER (PARTITION BY w.contender), 1) AS pct
+          FROM bench_waits w JOIN bench_windows x USING (round, contender)
+         WHERE w.at BETWEEN x.started AND x.ended
+         GROUP BY 1, 2) s
+       WHERE pct >= 1 ORDER BY 1, 3 DESC"
+    echo "The WAL of each whole run (store and clearing), median over the rounds"
+    cluster_psql -P footer=off -c "
+      SELECT contender, percentile_cont(0.5) WITHIN GROUP (ORDER BY records)::bigint AS records,
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY fpi)::bigint AS full_page_images,
+             pg_size_pretty(percentile_cont(0.5) WITHIN GROUP (ORDER BY bytes)::numeric) AS bytes,
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY writes)::bigint AS writes,
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY syncs)::bigint AS syncs,
+             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY write_ms)::numeric) AS write_ms,
+             round(percentile_cont(0.5) WITHIN GROUP (ORDER BY sync_ms)::numeric) AS sync_ms
+        FROM bench_wal GROUP BY 1 ORDER BY 1"
+  } | tee -a "$REPORT"
+fi
 
 # PHASES=1: the worker logged each batch and prune at DEBUG1; line the app's transactions up
 # against them, per reaping contender and round.
