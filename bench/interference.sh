@@ -260,7 +260,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-REPORT=${REPORT:-bench/last_interference.txt}
+REPORT=${REPORT:-$OUT/report.txt}
 python3 bench/interference_report.py "$OUT" "$DURATION" "$ROUNDS" "$CLIENTS" | tee "$REPORT"
 cp "$OUT"/interference_*.png "${PLOTS:-$(dirname "$REPORT")}/" 2>/dev/null || true
 
