@@ -3,9 +3,10 @@
 # two at once: on this 2-core machine they would measure each other), each on its own
 # throwaway cluster, with session_reaper built in release mode and installed first.
 #
-#   bash bench/run.sh            # about 40 minutes on 2 cores
-#   QUICK=1 bash bench/run.sh    # about 15 minutes: one interference round, 2 minutes of
-#                                # steady state; figures noisier than the README's
+#   bash bench/run.sh            # about 90 minutes on 2 cores
+#   QUICK=1 bash bench/run.sh    # about 35 minutes: one round of each interference run, 2
+#                                # minutes of steady state, 2 flat-out pairs; noisier figures
+#   STEPS="realistic_load citus" bash bench/run.sh   # some of the steps only
 #   ROUNDS=N STEADY_MINUTES=M bash bench/run.sh   # either set by hand
 #
 # Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
@@ -15,12 +16,22 @@
 #                                       session store (ROUNDS rounds, default 3; medians)
 #   steady_state.txt, steady_state.png  bench/steady_state.sh: rows expiring at a constant rate
 #   idle_and_scale.txt                  bench/idle_and_scale.sh: 1,000 targets, 10 databases
+#   realistic_load.txt                  bench/interference.sh with RATE=auto: the store at half
+#                                       its flat-out rate, each contender clearing the backlog
+#   saturation.txt                      bench/interference.sh with SAMPLE=1: none, the CPU
+#                                       burner, the worker and the worker on a table the app
+#                                       never reads, with the app's waits and the WAL
+#   flat_out.txt                        bench/flat_out.sh: flat out against one DELETE, PAIRS
+#                                       interleaved pairs (default 5; QUICK: 2)
+#   citus.txt                           bench/citus.sh: a distributed backlog on a 3-node Citus
+#                                       cluster (skipped without Citus)
 # and run.txt: when each began and ended, the build and the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-bench/latest}
-if [ -n "${QUICK:-}" ]; then ROUNDS=${ROUNDS:-1} STEADY_MINUTES=${STEADY_MINUTES:-2}; fi
-ROUNDS=${ROUNDS:-3} STEADY_MINUTES=${STEADY_MINUTES:-10}
+if [ -n "${QUICK:-}" ]; then ROUNDS=${ROUNDS:-1} STEADY_MINUTES=${STEADY_MINUTES:-2} PAIRS=${PAIRS:-2}; fi
+ROUNDS=${ROUNDS:-3} STEADY_MINUTES=${STEADY_MINUTES:-10} PAIRS=${PAIRS:-5}
+STEPS=${STEPS:-backlog interference steady_state idle_and_scale realistic_load saturation flat_out citus}
 export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 mkdir -p "$OUT_DIR"
 
@@ -41,10 +52,12 @@ log=$OUT_DIR/run.txt
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo), $("$PG_CONFIG" --version)"
 } | tee "$log"
 
-# step NAME COMMAND...: runs one workload, its output into OUT_DIR/NAME.txt, and logs its times.
+# step NAME COMMAND...: runs one workload (when STEPS names it), its output into
+# OUT_DIR/NAME.txt, and logs its times.
 step() {
   local name=$1
   shift
+  [[ " $STEPS " == *" $name "* ]] || return 0
   echo "== $name: $* (from $(date -u '+%F %H:%M') UTC)" | tee -a "$log"
   "$@" 2>&1 | tee "$OUT_DIR/$name.txt"
   echo "   $name done at $(date -u '+%H:%M') UTC" | tee -a "$log"
@@ -57,3 +70,11 @@ step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" \
   OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_interference.XXXXXX")" bash bench/interference.sh
 step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
 step idle_and_scale bash bench/idle_and_scale.sh
+step realistic_load env RATE=auto CONTENDERS="none delete cron loop reaper" ROUNDS="$ROUNDS" REPORT=/dev/null \
+  PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_realistic.XXXXXX")" bash bench/interference.sh
+step saturation env SAMPLE=1 CONTENDERS="none cpu:15:75 reaper other" ROUNDS="$ROUNDS" REPORT=/dev/null \
+  PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh
+step flat_out bash bench/flat_out.sh 2000000 "$PAIRS"
+if [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ]; then
+  step citus bash bench/citus.sh
+fi
