@@ -179,7 +179,8 @@ mod tests {
     /// A batch's DELETE finds its rows by physical address even when the table's statistics
     /// predate the rows' expiry (as they do in a steady state: they say every row expires
     /// later). Its dead-row re-check once let the planner pick an index scan over every dead
-    /// row of the table instead, each checked against the batch's ctids: seconds per batch instead of milliseconds.
+    /// row of the table instead, each checked against the batch's ctids: seconds per batch
+    /// instead of milliseconds.
     #[pg_test]
     fn a_batch_keeps_its_tid_scan_when_the_statistics_predate_the_expiry() {
         sessions_table();
