@@ -70,7 +70,7 @@ step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" \
   OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_interference.XXXXXX")" bash bench/interference.sh
 step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
 step idle_and_scale bash bench/idle_and_scale.sh
-step realistic_load env RATE=auto CONTENDERS="none delete cron loop reaper" ROUNDS="$ROUNDS" REPORT=/dev/null \
+step realistic_load env RATE=auto RATE_SHARE="${RATE_SHARE:-0.35}" CONTENDERS="none delete cron loop reaper" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_realistic.XXXXXX")" bash bench/interference.sh
 step saturation env SAMPLE=1 CONTENDERS="none cpu:15:75 reaper other" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh
