@@ -7,6 +7,9 @@
 #   QUICK=1 bash bench/run.sh    # about 35 minutes: one round of each interference run, 2
 #                                # minutes of steady state, 2 flat-out pairs; noisier figures
 #   STEPS="realistic_load citus" bash bench/run.sh   # some of the steps only
+#   RATE_SHARE=0.3 RL_CONTENDERS="none reaper" STEPS=realistic_load bash bench/run.sh
+#                                # the realistic load's rate (share of the flat-out tps) and
+#                                # contenders
 #   ROUNDS=N STEADY_MINUTES=M bash bench/run.sh   # either set by hand
 #
 # Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
@@ -70,7 +73,7 @@ step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" \
   OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_interference.XXXXXX")" bash bench/interference.sh
 step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
 step idle_and_scale bash bench/idle_and_scale.sh
-step realistic_load env RATE=auto RATE_SHARE="${RATE_SHARE:-0.35}" CONTENDERS="none delete cron loop reaper" ROUNDS="$ROUNDS" REPORT=/dev/null \
+step realistic_load env RATE=auto RATE_SHARE="${RATE_SHARE:-0.35}" CONTENDERS="${RL_CONTENDERS:-none delete cron loop reaper}" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_realistic.XXXXXX")" bash bench/interference.sh
 step saturation env SAMPLE=1 CONTENDERS="none cpu:15:75 reaper other" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh
