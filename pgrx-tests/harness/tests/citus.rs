@@ -130,6 +130,12 @@ fn registry_calls_on_the_coordinator_reach_every_node() {
         vec![Some(false); 2],
         "no node took the refused call"
     );
+    // The dry run on the coordinator counts the whole cluster's dead rows.
+    let would = count(
+        &mut db,
+        "SELECT would_delete FROM reaper_dry_run('sessions')",
+    );
+    assert_eq!(would, 3_000);
     // A purge on the coordinator reaps every node's shards and reports the cluster's rows.
     let purged = count(&mut db, "SELECT rows_deleted FROM reaper_purge('sessions')");
     assert_eq!(purged, 3_000);
