@@ -25,7 +25,9 @@ SHARDS=${SHARDS:-32}
 CONTENDERS=${CONTENDERS:-local:10000:0 reaper:10000:0 single client local:10000:75 reaper:10000:75}
 source scripts/cluster.sh
 [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ] || { echo "citus.sh: Citus is not installed: run scripts/setup.sh" >&2; exit 1; }
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+sudo_flag=()
+[ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
 
 ROOT=${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench_citus}
 PORTS=(54350 54351 54352)

@@ -11,6 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000} PAIRS=${2:-5} BATCH=${BATCH:-10000}
+# The release build of this tree, installed first: the pairs measure it, not whatever is there.
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+sudo_flag=()
+[ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
 dir=${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}
 all=$(mktemp)
 trap 'rm -f "$all"' EXIT

@@ -19,8 +19,9 @@
 #                                       session store (ROUNDS rounds, default 3; medians)
 #   steady_state.txt, steady_state.png  bench/steady_state.sh: rows expiring at a constant rate
 #   idle_and_scale.txt                  bench/idle_and_scale.sh: 1,000 targets, 10 databases
-#   realistic_load.txt                  bench/interference.sh with RATE=auto: the store at half
-#                                       its flat-out rate, each contender clearing the backlog
+#   realistic_load.txt                  bench/interference.sh with RATE=auto: the store at
+#                                       RATE_SHARE (default here 0.35) of its flat-out rate,
+#                                       each contender clearing the backlog
 #   saturation.txt                      bench/interference.sh with SAMPLE=1: none, the CPU
 #                                       burner, the worker and the worker on a table the app
 #                                       never reads, with the app's waits and the WAL
