@@ -83,8 +83,13 @@ pub fn set_for_session(name: &str, value: &str) {
     set(name, value, pg_sys::GucAction::GUC_ACTION_SET);
 }
 
-/// `SET name = value` at the current nest level: SAVE to be put back when it closes, SET for
-/// the session.
+/// Sets a setting until the current transaction ends, as `SET LOCAL` does.
+pub fn set_for_transaction(name: &str, value: &str) {
+    set(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);
+}
+
+/// `SET name = value` at the current nest level: SAVE to be put back when it closes, LOCAL at
+/// the transaction's end, SET for the session.
 fn set(name: &str, value: &str, action: pg_sys::GucAction::Type) {
     let name = CString::new(name).expect("setting names have no NUL");
     let value = CString::new(value).expect("setting values have no NUL");

@@ -11,6 +11,7 @@ use crate::reap::batch::{self, Batch, Locked};
 use crate::reap::history;
 use crate::reap::target::{self, Registered, Target};
 use crate::shared::errors::ReaperError;
+use crate::shared::security::set_for_transaction;
 use crate::shared::settings;
 use crate::shared::shmem::{
     claim_slot, leave_for_lack_of_extension, set_worker_state, WorkerState, SHARED,
@@ -219,7 +220,14 @@ impl Worker {
             reload_settings_if_asked();
             set_worker_state(WorkerState::Reaping, running.target.relid);
             let batch_started = Instant::now();
-            let step = in_transaction(|| pinned(|| batch_step(running, started_at)));
+            let step = in_transaction(|| {
+                // A batch's commit need not wait for its WAL to reach disk: a crash can only
+                // undo the last batches, whose rows are still expired and go in the next run,
+                // and their progress note with them. Waiting, the worker would stop for the
+                // write (and fsync) of each batch's WAL; this way the WAL writer does it.
+                set_for_transaction("synchronous_commit", "off");
+                pinned(|| batch_step(running, started_at))
+            });
             let (batch, now, shard) = match step {
                 Ok(Step::Ran(Some(batch), now, shard)) => (batch, now, shard),
                 Ok(Step::Ran(None, ..)) => return TurnEnd::Skipped,

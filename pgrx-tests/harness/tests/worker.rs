@@ -5,6 +5,7 @@ use session_reaper_harness::{
     count, expired, register_and_drain, sessions_table, two_databases_one_named, wait_until,
     with_reaper, Cluster, SOON,
 };
+use postgres::Client;
 use std::time::Duration;
 
 #[test]
@@ -52,6 +53,42 @@ fn expired_rows_vanish_within_the_interval_and_live_rows_stay() {
         "{}",
         pg.log()
     );
+}
+
+#[test]
+fn the_workers_batches_commit_without_waiting_for_their_wal_and_a_purge_waits() {
+    let (_pg, mut db) = with_reaper("async_commit", &["reaper.interval = '1h'"]);
+    sessions_table(&mut db, "sessions", 25_000, 100);
+    // Owner code in each batch's transaction notes the commit mode that transaction has.
+    db.batch_execute(
+        "CREATE TABLE seen (by text, mode text);
+         CREATE FUNCTION note_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO seen VALUES (current_setting('application_name'), current_setting('synchronous_commit'));
+             RETURN NULL;
+           END $$;
+         CREATE TRIGGER note AFTER DELETE ON sessions FOR EACH STATEMENT EXECUTE FUNCTION note_mode();",
+    )
+    .unwrap();
+    register_and_drain(&mut db, "the worker removed every expired row");
+    let modes = |db: &mut Client, by: &str| -> Vec<String> {
+        db.query(&format!("SELECT DISTINCT mode FROM seen WHERE by {by}"), &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert!(count(&mut db, "SELECT count(*) FROM seen") >= 3, "one note per batch");
+    assert_eq!(modes(&mut db, "<> 'purge'"), ["off"], "the worker's batches");
+    // A purge runs in the caller's session, whose commits keep the mode the caller chose.
+    db.batch_execute(
+        "SET application_name = 'purge';
+         INSERT INTO sessions (token, expires_at) SELECT 'dead', now() - interval '1 minute' FROM generate_series(1, 10);
+         SELECT * FROM reaper_purge('sessions');",
+    )
+    .unwrap();
+    assert_eq!(modes(&mut db, "= 'purge'"), ["on"], "a purge's batches");
+    assert_eq!(expired(&mut db, "sessions"), 0);
 }
 
 #[test]
