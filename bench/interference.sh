@@ -15,10 +15,10 @@
 #                                                         # the report adds the medians
 #   EXTRA_CONF="full_page_writes = off" bash bench/interference.sh   # one more postgresql.conf
 #                                                         # line, for an A/B of a setting
-#   RATE=auto bash bench/interference.sh                  # a realistic load: the store at a
-#                                                         # fixed rate (pgbench --rate), RATE_SHARE
-#                                                         # (default 0.5) of the tps it reaches
-#                                                         # flat out here (measured first), or
+#   RATE=auto bash bench/interference.sh                  # a realistic load: the store at the
+#                                                         # fixed rate (pgbench --rate) that keeps
+#                                                         # BUSY (default 0.5) of the machine's CPU
+#                                                         # busy (found first, in 10 s probes), or
 #                                                         # RATE=N tps; latencies then count the
 #                                                         # schedule lag, and the report adds the
 #                                                         # rate held and the machine's busy share
@@ -88,16 +88,32 @@ fi
 # The foreground: live rows have odd ids.
 scripts=$(mktemp -d)
 session_store_scripts "$scripts"
-if [ "${RATE:-}" = auto ]; then
-  fill_sessions "$ROWS"
-  flat=$(session_store "$scripts" "$CLIENTS" 15 $((ROWS / 2)) 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-  RATE=$(awk -v t="$flat" -v s="${RATE_SHARE:-0.5}" 'BEGIN {printf "%d", t * s}')
-  echo "the store flat out: $flat tps; it runs at $RATE tps (${RATE_SHARE:-0.5} of that)"
-fi
-export RATE
 # busy_ticks: the machine's CPU ticks so far, "busy total" (/proc/stat: idle and iowait are
 # not busy).
 busy_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
+# busy_at RATE: the machine's busy share while the store runs 10 s at RATE tps.
+busy_at() {
+  local b0 t0 b1 t1
+  read -r b0 t0 < <(busy_ticks)
+  session_store "$scripts" "$CLIENTS" 10 $((ROWS / 2)) --rate="$1" >/dev/null 2>&1
+  read -r b1 t1 < <(busy_ticks)
+  awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN {printf "%.3f", b / t}'
+}
+# RATE=auto: the rate that keeps BUSY of the machine busy, found from the flat-out tps by
+# scaling the rate by the busy share it gave (busy time grows about in proportion to it).
+if [ "${RATE:-}" = auto ]; then
+  BUSY=${BUSY:-0.5}
+  fill_sessions "$ROWS"
+  flat=$(session_store "$scripts" "$CLIENTS" 15 $((ROWS / 2)) 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  RATE=$(awk -v t="$flat" -v s="$BUSY" 'BEGIN {printf "%d", t * s * 0.6}')
+  for probe in 1 2 3 4; do
+    busy=$(busy_at "$RATE")
+    echo "probe $probe: $RATE tps kept $busy of the machine busy"
+    [ "$probe" -eq 4 ] || RATE=$(awk -v r="$RATE" -v b="$busy" -v s="$BUSY" 'BEGIN {printf "%d", r * s / b}')
+  done
+  echo "the store flat out: $flat tps; it runs at $RATE tps, which kept $busy of the machine busy (asked: $BUSY)"
+fi
+export RATE
 
 now_s() { date +%s.%N; }
 # WAL records the foreground's lookups wrote since the last pg_stat_statements_reset().

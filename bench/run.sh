@@ -7,9 +7,9 @@
 #   QUICK=1 bash bench/run.sh    # about 35 minutes: one round of each interference run, 2
 #                                # minutes of steady state, 2 flat-out pairs; noisier figures
 #   STEPS="realistic_load citus" bash bench/run.sh   # some of the steps only
-#   RATE_SHARE=0.3 RL_CONTENDERS="none reaper" STEPS=realistic_load bash bench/run.sh
-#                                # the realistic load's rate (share of the flat-out tps) and
-#                                # contenders
+#   BUSY=0.4 RL_CONTENDERS="none reaper" STEPS=realistic_load bash bench/run.sh
+#                                # the realistic load's CPU share (its rate is found to keep
+#                                # that share of the machine busy) and contenders
 #   ROUNDS=N STEADY_MINUTES=M bash bench/run.sh   # either set by hand
 #
 # Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
@@ -19,8 +19,8 @@
 #                                       session store (ROUNDS rounds, default 3; medians)
 #   steady_state.txt, steady_state.png  bench/steady_state.sh: rows expiring at a constant rate
 #   idle_and_scale.txt                  bench/idle_and_scale.sh: 1,000 targets, 10 databases
-#   realistic_load.txt                  bench/interference.sh with RATE=auto: the store at
-#                                       RATE_SHARE (default here 0.35) of its flat-out rate,
+#   realistic_load.txt                  bench/interference.sh with RATE=auto: the store at the
+#                                       rate that keeps BUSY (default 0.5) of the CPU busy,
 #                                       each contender clearing the backlog
 #   saturation.txt                      bench/interference.sh with SAMPLE=1: none, the CPU
 #                                       burner, the worker and the worker on a table the app
@@ -74,7 +74,7 @@ step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" \
   OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_interference.XXXXXX")" bash bench/interference.sh
 step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
 step idle_and_scale bash bench/idle_and_scale.sh
-step realistic_load env RATE=auto RATE_SHARE="${RATE_SHARE:-0.35}" CONTENDERS="${RL_CONTENDERS:-none delete cron loop reaper}" ROUNDS="$ROUNDS" REPORT=/dev/null \
+step realistic_load env RATE=auto BUSY="${BUSY:-0.5}" CONTENDERS="${RL_CONTENDERS:-none delete cron loop reaper}" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_realistic.XXXXXX")" bash bench/interference.sh
 step saturation env SAMPLE=1 CONTENDERS="none cpu:15:75 reaper other" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh

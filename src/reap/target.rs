@@ -9,8 +9,9 @@ use crate::reap::action::{self, Action};
 use crate::reap::schedule::Schedule;
 use crate::shared::errors::ReaperError;
 use crate::shared::security::as_role;
-use crate::shared::sql::{ext_owner, ext_schema, quote_ident, quote_literal};
+use crate::shared::sql::{ext_owner, ext_schema, kept_plan, quote_ident, quote_literal};
 use pgrx::prelude::*;
+use pgrx::PgOid;
 
 /// How the expiry column's values become points in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,15 +125,24 @@ pub fn load(relid: Option<pg_sys::Oid>) -> Vec<Registered> {
            LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = t.column_name
                                                AND a.attnum > 0 AND NOT a.attisdropped
-          WHERE $1::oid IS NULL OR t.relid = $1::oid
+          {only}
           ORDER BY t.id",
         schema = ext_schema(),
+        // Two queries rather than `$1 IS NULL OR …`, whose one generic plan would read the
+        // whole of pg_attribute for one target.
+        only = relid.map_or("", |_| "WHERE t.relid = $1"),
         sharded = crate::reap::citus::sharded_condition("c.oid")
     );
     // Read as the extension's owner: callers filter by their own rights afterwards.
     as_role(ext_owner(), || {
         Spi::connect(|client| {
-            let rows = client.select(&query, None, &[relid.into()])?;
+            let rows = match relid {
+                Some(relid) => {
+                    let types = [PgOid::BuiltIn(PgBuiltInOids::OIDOID)];
+                    client.select(kept_plan(client, &query, &types)?, None, &[relid.into()])?
+                }
+                None => client.select(kept_plan(client, &query, &[])?, None, &[])?,
+            };
             let mut out = Vec::new();
             for row in rows {
                 out.push(from_row(&row)?);

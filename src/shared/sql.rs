@@ -8,6 +8,10 @@
 use crate::shared::errors::ReaperError;
 use crate::shared::security::with_settings;
 use pgrx::prelude::*;
+use pgrx::spi::{self, OwnedPreparedStatement, SpiClient};
+use pgrx::PgOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 
 /// The search path every internal query runs under.
@@ -57,6 +61,31 @@ fn setting_exists(name: &CStr) -> bool {
 
 pub use crate::shared::LIBRARY_VERSION;
 
+thread_local! {
+    /// The plans [`kept_plan`] prepared in this process, by query text.
+    static KEPT_PLANS: RefCell<HashMap<String, &'static OwnedPreparedStatement>> = RefCell::default();
+}
+
+/// The plan of `query` (with parameters of types `args`), prepared once in this process and
+/// kept across transactions (`SPI_keepplan`), for the queries the worker runs on every batch:
+/// planning the registry's join cost more than running it. Postgres' plan cache plans it again
+/// when a relation it reads changes or the search path differs, reading its names afresh, so
+/// a kept plan never reads a dropped or re-created table. Kept until the process exits (never
+/// freed: the query texts are a handful).
+pub fn kept_plan(
+    client: &SpiClient<'_>,
+    query: &str,
+    args: &[PgOid],
+) -> spi::Result<&'static OwnedPreparedStatement> {
+    if let Some(plan) = KEPT_PLANS.with(|plans| plans.borrow().get(query).copied()) {
+        return Ok(plan);
+    }
+    let plan: &'static OwnedPreparedStatement =
+        Box::leak(Box::new(client.prepare(query, args)?.keep()));
+    KEPT_PLANS.with(|plans| plans.borrow_mut().insert(query.to_string(), plan));
+    Ok(plan)
+}
+
 /// The version of the extension's SQL objects in this database, if it is installed.
 pub fn installed_version() -> Option<String> {
     Spi::get_one::<String>(
@@ -70,11 +99,19 @@ pub fn installed_version() -> Option<String> {
 /// new package and `ALTER EXTENSION session_reaper UPDATE`): their tables lack what this code
 /// reads and writes.
 pub fn ext_schema() -> String {
-    let (schema, version) = Spi::get_two::<String, String>(
-        "SELECT n.nspname::text, e.extversion::text FROM pg_catalog.pg_extension e \
-         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-         WHERE e.extname = 'session_reaper'",
-    )
+    let (schema, version) = Spi::connect(|client| {
+        let plan = kept_plan(
+            client,
+            "SELECT n.nspname::text, e.extversion::text FROM pg_catalog.pg_extension e \
+             JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname = 'session_reaper'",
+            &[],
+        )?;
+        client
+            .select(plan, Some(1), &[])?
+            .first()
+            .get_two::<String, String>()
+    })
     .expect("reading pg_extension");
     let schema = schema.expect("session_reaper is installed when its functions run");
     if let Some(installed) = version.filter(|v| v != LIBRARY_VERSION) {
