@@ -25,8 +25,8 @@
 #   saturation.txt                      bench/interference.sh with SAMPLE=1: none, the CPU
 #                                       burner, the worker and the worker on a table the app
 #                                       never reads, with the app's waits and the WAL
-#   flat_out.txt                        bench/flat_out.sh: flat out against one DELETE, PAIRS
-#                                       interleaved pairs (default 5; QUICK: 2)
+#   flat_out.txt, flat_out_20m.txt      bench/flat_out.sh: flat out against one DELETE, PAIRS
+#                                       interleaved pairs (default 5; QUICK: 2) on 2M and 20M rows
 #   citus.txt                           bench/citus.sh: a distributed backlog on a 3-node Citus
 #                                       cluster (skipped without Citus)
 # and run.txt: when each began and ended, the build and the machine.
@@ -35,7 +35,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-bench/latest}
 if [ -n "${QUICK:-}" ]; then ROUNDS=${ROUNDS:-1} STEADY_MINUTES=${STEADY_MINUTES:-2} PAIRS=${PAIRS:-2}; fi
 ROUNDS=${ROUNDS:-3} STEADY_MINUTES=${STEADY_MINUTES:-10} PAIRS=${PAIRS:-5}
-STEPS=${STEPS:-backlog interference steady_state idle_and_scale realistic_load saturation flat_out citus}
+STEPS=${STEPS:-backlog interference steady_state idle_and_scale realistic_load saturation flat_out flat_out_20m citus}
 export PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 mkdir -p "$OUT_DIR"
 
@@ -79,6 +79,7 @@ step realistic_load env RATE=auto BUSY="${BUSY:-0.5}" CONTENDERS="${RL_CONTENDER
 step saturation env SAMPLE=1 CONTENDERS="none cpu:15:75 reaper other" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh
 step flat_out bash bench/flat_out.sh 2000000 "$PAIRS"
+step flat_out_20m bash bench/flat_out.sh 20000000 "$PAIRS"
 if [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ]; then
   step citus bash bench/citus.sh
 fi
