@@ -207,6 +207,33 @@ mod tests {
         run("RESET ROLE");
     }
 
+    /// Deferred triggers fire at commit as the role current then (PostgreSQL 14-17): owner
+    /// code must not queue one in the caller's transaction. Postgres refuses to defer a trigger
+    /// from a security-restricted operation, which is how owner code runs, so a purge of a table
+    /// with a deferred trigger fails and deletes nothing. (The worker, in a transaction of its
+    /// own, makes such triggers immediate: trust.rs.)
+    #[pg_test]
+    fn a_purge_never_leaves_the_owners_deferred_trigger_to_the_callers_commit() {
+        alice_and_her_planting_function();
+        run(
+            "CREATE FUNCTION alice.later() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN RETURN NULL; END $$",
+        );
+        run("ALTER FUNCTION alice.later() OWNER TO reaper_alice");
+        run(
+            "CREATE CONSTRAINT TRIGGER later AFTER DELETE ON sessions DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION alice.later()",
+        );
+        run("SELECT reaper_register('sessions')");
+        let error = text("SELECT status || ': ' || error FROM reaper_purge('sessions')");
+        assert_eq!(
+            error,
+            "error: cannot fire deferred trigger within security-restricted operation"
+        );
+        let dead = "SELECT count(*) FROM sessions WHERE expires_at < now()";
+        assert_eq!(count(dead), 10, "the failed purge deleted nothing");
+    }
+
     /// Review of issue 17: a partition bound read back in the caller's DateStyle and TimeZone
     /// must be the same instant. `IST` (here a POSIX zone one hour east of UTC, like Dublin's
     /// summer) reads back as Israel's +02 under a non-ISO DateStyle: the bound an hour early,

@@ -226,7 +226,10 @@ impl Worker {
                 // and their progress note with them. Waiting, the worker would stop for the
                 // write (and fsync) of each batch's WAL; this way the WAL writer does it.
                 set_for_transaction("synchronous_commit", "off");
-                pinned(|| batch_step(running, started_at))
+                pinned(|| {
+                    immediate_constraints();
+                    batch_step(running, started_at)
+                })
             });
             let (batch, now, shard) = match step {
                 Ok(Step::Ran(Some(batch), now, shard)) => (batch, now, shard),
@@ -359,6 +362,15 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     }
     let shard = shard.map(|(id, on)| (id, Box::new(on)));
     Step::Ran(batch, Box::new(now), shard)
+}
+
+/// Makes the batch's deferrable constraints (a foreign key `DEFERRABLE INITIALLY DEFERRED`
+/// that references the table, or a constraint trigger) fire at the end of its statement, still
+/// as the owner. Postgres refuses to defer them from owner code, which runs as a
+/// security-restricted operation: deferred to the commit, they would run as whoever commits.
+/// Owner code that defers them again (`SET CONSTRAINTS … DEFERRED`) fails its batch.
+fn immediate_constraints() {
+    Spi::run("SET CONSTRAINTS ALL IMMEDIATE").expect("SET CONSTRAINTS ALL IMMEDIATE");
 }
 
 /// Adds to the round the targets that are due now and not already in it.

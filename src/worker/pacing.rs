@@ -73,12 +73,20 @@ pub(super) fn wait_for_replicas(run_started: Instant) {
         // GREATEST is SQL syntax, not a function: spelled pg_catalog.greatest(…) the query
         // failed on every batch, and a failed check (below) means no pause, so the setting did
         // nothing (reload.rs reloaded_max_replica_lag_pauses_the_worker_behind_a_late_standby).
+        // Read-only, so its commit neither writes a commit record nor waits for a flush.
         let lag = in_transaction(|| {
             pinned(|| {
-                Spi::get_one::<f64>(
-                    "SELECT coalesce(max(extract(epoch FROM GREATEST(write_lag, flush_lag, replay_lag))), 0)::float8
-                       FROM pg_catalog.pg_stat_replication",
-                )
+                Spi::connect(|client| {
+                    client
+                        .select(
+                            "SELECT coalesce(max(extract(epoch FROM GREATEST(write_lag, flush_lag, replay_lag))), 0)::float8
+                               FROM pg_catalog.pg_stat_replication",
+                            Some(1),
+                            &[],
+                        )?
+                        .first()
+                        .get_one::<f64>()
+                })
             })
         });
         let lag = match lag {

@@ -39,6 +39,62 @@ fn a_predicate_that_sets_read_only_does_not_break_the_next_target() {
     );
 }
 
+/// A table with a deferred trigger (a constraint trigger INITIALLY DEFERRED, as a deferrable
+/// foreign key's is) is reaped: Postgres refuses to defer a trigger from owner code (a
+/// security-restricted operation; deferred to the commit, PostgreSQL 14-17 would run it as the
+/// worker's superuser), so the worker's batches make constraints immediate, and the trigger
+/// runs at the end of the DELETE as the owner, leaving none of its settings behind.
+#[test]
+fn a_deferred_trigger_runs_as_the_tables_owner_not_as_the_worker() {
+    let (_pg, mut db) = with_reaper("trust_deferred", &["reaper.interval = '1h'"]);
+    sessions_table(&mut db, "sessions", 100, 5);
+    db.batch_execute(
+        "CREATE ROLE bob;
+         CREATE TABLE seen (who text, superuser boolean);
+         CREATE FUNCTION note_who() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO seen SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+             PERFORM set_config('default_transaction_read_only', 'on', false);
+             RETURN NULL;
+           END $$;
+         CREATE CONSTRAINT TRIGGER who AFTER DELETE ON sessions DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION note_who();
+         ALTER TABLE sessions OWNER TO bob;
+         ALTER TABLE seen OWNER TO bob;
+         ALTER FUNCTION note_who() OWNER TO bob;
+         SELECT reaper_register('sessions');",
+    )
+    .unwrap();
+    wait_until("the worker recorded its run", SOON, || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM reaper_history WHERE rows > 0",
+        ) == 1
+    });
+    assert_eq!(expired(&mut db, "sessions"), 0);
+    assert_eq!(
+        count(&mut db, "SELECT count(*) FROM seen"),
+        100,
+        "one per row"
+    );
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM seen WHERE who <> 'bob' OR superuser"
+        ),
+        0,
+        "every deferred trigger ran as bob"
+    );
+    // Its session-level setting did not outlive the trigger: the run was recorded as ok.
+    assert_eq!(
+        count(
+            &mut db,
+            "SELECT count(*) FROM reaper_history WHERE status <> 'ok'"
+        ),
+        0
+    );
+}
+
 /// Ten more dead rows in `table`.
 fn sessions_more(db: &mut postgres::Client, table: &str) {
     db.batch_execute(&format!(

@@ -1,11 +1,11 @@
 //! The background worker on committed data in a real cluster: what DESIGN.md promises about
 //! the worker, each checked with bounded polling.
 
+use postgres::Client;
 use session_reaper_harness::{
     count, expired, register_and_drain, sessions_table, two_databases_one_named, wait_until,
     with_reaper, Cluster, SOON,
 };
-use postgres::Client;
 use std::time::Duration;
 
 #[test]
@@ -72,14 +72,24 @@ fn the_workers_batches_commit_without_waiting_for_their_wal_and_a_purge_waits() 
     .unwrap();
     register_and_drain(&mut db, "the worker removed every expired row");
     let modes = |db: &mut Client, by: &str| -> Vec<String> {
-        db.query(&format!("SELECT DISTINCT mode FROM seen WHERE by {by}"), &[])
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
+        db.query(
+            &format!("SELECT DISTINCT mode FROM seen WHERE by {by}"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
     };
-    assert!(count(&mut db, "SELECT count(*) FROM seen") >= 3, "one note per batch");
-    assert_eq!(modes(&mut db, "<> 'purge'"), ["off"], "the worker's batches");
+    assert!(
+        count(&mut db, "SELECT count(*) FROM seen") >= 3,
+        "one note per batch"
+    );
+    assert_eq!(
+        modes(&mut db, "<> 'purge'"),
+        ["off"],
+        "the worker's batches"
+    );
     // A purge runs in the caller's session, whose commits keep the mode the caller chose.
     db.batch_execute(
         "SET application_name = 'purge';
