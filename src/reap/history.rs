@@ -182,6 +182,24 @@ fn database_name() -> String {
         .unwrap_or_default()
 }
 
+/// Locks the target's registry row (KEY SHARE) for the rest of a worker batch's transaction,
+/// before the batch locks any table. A transaction that unregisters the target and then wants
+/// its table (`reaper_unregister` then `DROP TABLE`; Citus dropping the shards of a table it
+/// undistributes) makes the batch wait here, holding nothing it needs; locked later, the row
+/// makes that transaction wait for the batch. Taken only at the progress note, each held what
+/// the other waited for. False when the target is gone.
+pub fn hold_target(target_id: i64) -> bool {
+    let query = format!(
+        "SELECT true FROM {}.reaper_target WHERE id = $1 FOR KEY SHARE",
+        ext_schema()
+    );
+    as_role(ext_owner(), || {
+        Spi::get_one_with_args::<bool>(&query, &[target_id.into()])
+    })
+    .expect("locking the target's registration")
+    .unwrap_or(false)
+}
+
 /// Notes, in the transaction of a worker's batch, what its run has done so far: if the worker
 /// is stopped before the run is recorded, the next worker records it as `interrupted` with
 /// exactly the rows that committed ([`record_interrupted`]).

@@ -95,6 +95,38 @@ fn a_deferred_trigger_runs_as_the_tables_owner_not_as_the_worker() {
     );
 }
 
+/// A transaction that unregisters a target the worker is reaping, then drops its table, must
+/// not deadlock with the worker's batch: the batch waits for the registration before it locks
+/// the table (lock_timeout is raised so that only a deadlock could end the wait).
+#[test]
+fn unregistering_then_dropping_a_table_mid_run_does_not_deadlock_with_the_worker() {
+    let (_pg, mut db) = with_reaper(
+        "trust_unregister_drop",
+        &["reaper.interval = '1h'", "reaper.lock_timeout = '10s'"],
+    );
+    sessions_table(&mut db, "sessions", 50_000, 5);
+    db.batch_execute("SELECT reaper_register('sessions', batch_size => 100)")
+        .unwrap();
+    wait_until("the worker is mid-run", SOON, || {
+        count(&mut db, "SELECT count(*) FROM sessions") < 49_000
+    });
+    db.batch_execute(
+        "BEGIN;
+         SELECT reaper_unregister('sessions');
+         SELECT pg_sleep(3);
+         DROP TABLE sessions;
+         COMMIT;",
+    )
+    .expect("unregister and drop in one transaction");
+    wait_until("the worker is idle again", SOON, || {
+        count(
+            &mut db,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'session_reaper worker' AND wait_event_type = 'Lock'",
+        ) == 0
+    });
+}
+
 /// Ten more dead rows in `table`.
 fn sessions_more(db: &mut postgres::Client, table: &str) {
     db.batch_execute(&format!(
