@@ -190,7 +190,7 @@ fn database_name() -> String {
 /// the other waited for. False when the target is gone.
 pub fn hold_target(target_id: i64) -> bool {
     let query = format!(
-        "SELECT true FROM {}.reaper_target WHERE id = $1 FOR KEY SHARE",
+        "SELECT EXISTS (SELECT FROM {}.reaper_target WHERE id = $1 FOR KEY SHARE)",
         ext_schema()
     );
     as_role(ext_owner(), || {
