@@ -63,6 +63,16 @@ pub struct Run<'a> {
     pub complete: bool,
 }
 
+/// The condition that target `$1` is still registered, locking its row (KEY SHARE) so that an
+/// unregister waits for the caller's transaction. A row another transaction holds locked is
+/// being unregistered (by `reaper_unregister` or a DROP's event trigger; registry changes lock
+/// it only FOR NO KEY UPDATE): it counts as gone rather than be waited for, since that
+/// transaction may next want the table the caller holds (`reaper_unregister` then `DROP TABLE`,
+/// or a DROP that already holds the table), and each would wait for the other.
+fn still_there(schema: &str) -> String {
+    format!("EXISTS (SELECT FROM {schema}.reaper_target WHERE id = $1 FOR KEY SHARE SKIP LOCKED)")
+}
+
 /// Writes the run into the counters (and the history, as `reaper.log_history` says); returns
 /// how long the run took in milliseconds.
 pub fn record(run: &Run) -> f64 {
@@ -100,8 +110,9 @@ pub fn record(run: &Run) -> f64 {
            SELECT $1, started_at, CASE WHEN $7 = 'ok' THEN started_at END, $7, $8, $5,
                   finished_at - started_at, $5, 1, ($7 IN ('error', 'timeout'))::int, $12, $13,
                   finished_at FROM r
-            -- An unregistered target keeps its history row, but has no counters left to add to.
-            WHERE EXISTS (SELECT FROM {schema}.reaper_target WHERE id = $1)
+            -- An unregistered target keeps its history row, but has no counters left to add
+            -- to; nor has one being unregistered (see still_there).
+            WHERE {still_there}
            ON CONFLICT (target_id) DO UPDATE SET
                   -- The worker's run is over: its in-flight progress goes. A wake asked for
                   -- before this run started is served by it.
@@ -122,7 +133,8 @@ pub fn record(run: &Run) -> f64 {
                   total_errors = s.total_errors + EXCLUDED.total_errors,
                   backlog_rows = EXCLUDED.backlog_rows, oldest_dead_expiry = EXCLUDED.oldest_dead_expiry,
                   backlog_at = EXCLUDED.backlog_at)
-         SELECT run_id::text, extract(epoch FROM finished_at - started_at)::float8 * 1000 FROM r"
+         SELECT run_id::text, extract(epoch FROM finished_at - started_at)::float8 * 1000 FROM r",
+        still_there = still_there(&schema),
     );
     let (run_id, took_ms) = as_role(ext_owner(), || {
         Spi::get_two_with_args::<String, f64>(
@@ -182,39 +194,23 @@ fn database_name() -> String {
         .unwrap_or_default()
 }
 
-/// Locks the target's registry row (KEY SHARE) for the rest of a worker batch's transaction,
-/// before the batch locks any table. A transaction that unregisters the target and then wants
-/// its table (`reaper_unregister` then `DROP TABLE`; Citus dropping the shards of a table it
-/// undistributes) makes the batch wait here, holding nothing it needs; locked later, the row
-/// makes that transaction wait for the batch. Taken only at the progress note, each held what
-/// the other waited for. False when the target is gone.
-pub fn hold_target(target_id: i64) -> bool {
-    let query = format!(
-        "SELECT EXISTS (SELECT FROM {}.reaper_target WHERE id = $1 FOR KEY SHARE)",
-        ext_schema()
-    );
-    as_role(ext_owner(), || {
-        Spi::get_one_with_args::<bool>(&query, &[target_id.into()])
-    })
-    .expect("locking the target's registration")
-    .unwrap_or(false)
-}
-
 /// Notes, in the transaction of a worker's batch, what its run has done so far: if the worker
 /// is stopped before the run is recorded, the next worker records it as `interrupted` with
 /// exactly the rows that committed ([`record_interrupted`]).
 pub fn note_progress(target_id: i64, started_at: f64, progress: &Progress) {
+    let schema = ext_schema();
     let query = format!(
         "INSERT INTO {schema}.reaper_state AS s
                 (target_id, run_started_at, run_noted_at, run_rows, run_batches, run_partitions)
          SELECT $1, to_timestamp($2), clock_timestamp(), $3, $4, $5
-          -- Unregistered meanwhile: nothing to note. Locked, the unregister waits for this batch.
-          WHERE EXISTS (SELECT FROM {schema}.reaper_target WHERE id = $1 FOR KEY SHARE)
+          -- Unregistered meanwhile, or being unregistered (its row locked: see
+          -- still_there): nothing to note. Locked here, an unregister waits for this batch.
+          WHERE {still_there}
          ON CONFLICT (target_id) DO UPDATE SET
                 run_started_at = EXCLUDED.run_started_at, run_noted_at = EXCLUDED.run_noted_at,
                 run_rows = EXCLUDED.run_rows,
                 run_batches = EXCLUDED.run_batches, run_partitions = EXCLUDED.run_partitions",
-        schema = ext_schema()
+        still_there = still_there(&schema),
     );
     as_role(ext_owner(), || {
         Spi::run_with_args(

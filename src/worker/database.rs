@@ -324,9 +324,6 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     if !extension_installed() {
         return Step::ExtensionDropped;
     }
-    if !history::hold_target(running.target.id) {
-        return Step::Stop;
-    }
     let Some(now) = target::load(Some(running.target.relid))
         .into_iter()
         .find(|r| r.id == running.target.id)
