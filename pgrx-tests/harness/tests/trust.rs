@@ -95,6 +95,17 @@ fn a_deferred_trigger_runs_as_the_tables_owner_not_as_the_worker() {
     );
 }
 
+/// A fresh `sessions` table of 50,000 dead rows, registered in batches of 100, once the
+/// worker has begun on it: a run of several seconds.
+fn a_long_run_under_way(db: &mut postgres::Client) {
+    sessions_table(db, "sessions", 50_000, 5);
+    db.batch_execute("SELECT reaper_register('sessions', batch_size => 100)")
+        .unwrap();
+    wait_until("the worker is mid-run", SOON, || {
+        count(db, "SELECT count(*) FROM sessions") < 49_000
+    });
+}
+
 /// A transaction that unregisters a target the worker is reaping, then drops its table, must
 /// not deadlock with the worker's batch, which holds the table when it notes its progress: a
 /// registration being deleted is not waited for (lock_timeout is raised so that only a
@@ -105,12 +116,7 @@ fn unregistering_then_dropping_a_table_mid_run_does_not_deadlock_with_the_worker
         "trust_unregister_drop",
         &["reaper.interval = '1h'", "reaper.lock_timeout = '10s'"],
     );
-    sessions_table(&mut db, "sessions", 50_000, 5);
-    db.batch_execute("SELECT reaper_register('sessions', batch_size => 100)")
-        .unwrap();
-    wait_until("the worker is mid-run", SOON, || {
-        count(&mut db, "SELECT count(*) FROM sessions") < 49_000
-    });
+    a_long_run_under_way(&mut db);
     db.batch_execute(
         "BEGIN;
          SELECT reaper_unregister('sessions');
@@ -127,12 +133,7 @@ fn unregistering_then_dropping_a_table_mid_run_does_not_deadlock_with_the_worker
         ) == 0
     });
     // A plain DROP mid-run: it takes the table, then its event trigger the registration.
-    sessions_table(&mut db, "sessions", 50_000, 5);
-    db.batch_execute("SELECT reaper_register('sessions', batch_size => 100)")
-        .unwrap();
-    wait_until("the worker is mid-run again", SOON, || {
-        count(&mut db, "SELECT count(*) FROM sessions") < 49_000
-    });
+    a_long_run_under_way(&mut db);
     db.batch_execute("DROP TABLE sessions")
         .expect("a DROP mid-run");
     // The runs end quietly: their target is gone, which is no error.
