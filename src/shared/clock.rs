@@ -1,8 +1,9 @@
 //! clock.rs — the clocks the processes keep time by: the wall clock (Unix seconds) for what is
 //! recorded and shown, and the monotonic clock, shared by every process of the host and never
-//! stepped, for deadlines one process sets and another enforces.
+//! stepped, for deadlines one process sets and another enforces; and the scheduler's account of
+//! this process, to tell a batch's work from its waiting for a CPU.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The wall clock in Unix seconds.
 pub fn unix_now() -> f64 {
@@ -21,4 +22,16 @@ pub fn monotonic_now() -> f64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+/// What this process has had of the CPUs so far: the time it ran on one, and the time it was
+/// ready to run but waited for one (the kernel's /proc/self/schedstat; a backend is one
+/// thread). None where the kernel does not keep that account.
+pub fn cpu_run_and_wait() -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let mut nanos = stat.split_whitespace().map(|n| n.parse::<u64>().ok());
+    Some((
+        Duration::from_nanos(nanos.next()??),
+        Duration::from_nanos(nanos.next()??),
+    ))
 }

@@ -18,7 +18,7 @@ use crate::shared::shmem::{
 };
 use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
-use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas};
+use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, BatchClock};
 use crate::worker::process::{reload_settings_if_asked, sleep_unless};
 use crate::worker::runs::{
     disable_stuck_target, finish, record_interrupted_runs, warn, Running, TurnEnd,
@@ -206,10 +206,10 @@ impl Worker {
         recorded
     }
 
-    /// Runs up to TURN_BATCHES batches of one target, pausing `reaper.batch_delay` (and for
-    /// `reaper.max_rows_per_second`) after each. Each batch reads the target's rule afresh, so
-    /// a change, a disable, an unregister or `reaper.enabled = off` takes effect at the next
-    /// batch.
+    /// Runs up to TURN_BATCHES batches of one target, pausing `reaper.batch_delay` (stretched
+    /// when the batch waited for a CPU; longer for `reaper.max_rows_per_second`) after each.
+    /// Each batch reads the target's rule afresh, so a change, a disable, an unregister or
+    /// `reaper.enabled = off` takes effect at the next batch.
     fn turn(&mut self, running: &mut Running) -> TurnEnd {
         for _ in 0..TURN_BATCHES {
             let (started_at, started) = running.start();
@@ -219,7 +219,7 @@ impl Worker {
             wait_for_replicas(started);
             reload_settings_if_asked();
             set_worker_state(WorkerState::Reaping, running.target.relid);
-            let batch_started = Instant::now();
+            let clock = BatchClock::start();
             let step = in_transaction(|| {
                 // A batch's commit need not wait for its WAL to reach disk: a crash can only
                 // undo the last batches, whose rows are still expired and go in the next run,
@@ -254,8 +254,8 @@ impl Worker {
                 running.shard = 0;
             }
             running.target = *now;
-            let batch_ended = Instant::now();
-            running.progress.add(&batch, batch_ended - batch_started);
+            let took = clock.stop();
+            running.progress.add(&batch, took.wall());
             let t = match &shard {
                 Some((_, on)) => on,
                 None => running
@@ -264,11 +264,14 @@ impl Worker {
                     .as_ref()
                     .expect("checked by batch_step"),
             };
+            let (ran, waited) = took.cpu.unwrap_or_default();
             debug1!(
-                "session_reaper: {}: batch of {} rows committed in {:.1} ms",
+                "session_reaper: {}: batch of {} rows committed in {:.1} ms ({:.1} ms on a CPU, {:.1} ms waiting for one)",
                 t.name,
                 batch.deleted,
-                (batch_ended - batch_started).as_secs_f64() * 1e3
+                took.wall().as_secs_f64() * 1e3,
+                ran.as_secs_f64() * 1e3,
+                waited.as_secs_f64() * 1e3
             );
             if let Some(stuck) = running.progress.stuck(t) {
                 return TurnEnd::Failed(stuck.sqlstate(), stuck.message());
@@ -289,7 +292,7 @@ impl Worker {
                 (Some(_), Some((id, _))) => running.shard = id,
                 (Some(_), None) => {}
             }
-            throttle(batch.deleted, batch_started, batch_ended);
+            throttle(batch.deleted, &took);
         }
         TurnEnd::MoreWork
     }

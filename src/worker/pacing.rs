@@ -1,9 +1,11 @@
 //! pacing.rs — how the worker keeps its batches gentle and bounded: the pause after each batch
-//! (`reaper.batch_delay`, `reaper.max_rows_per_second`), the wait for lagging replicas
-//! (`reaper.max_replica_lag`), and pruning the pages a batch emptied during that pause.
+//! (`reaper.batch_delay`, stretched when the batch had to wait, and `reaper.max_rows_per_second`),
+//! the wait for lagging replicas (`reaper.max_replica_lag`), and pruning the pages a batch
+//! emptied during that pause.
 
 use crate::reap::batch;
 use crate::reap::target::Target;
+use crate::shared::clock::cpu_run_and_wait;
 use crate::shared::settings;
 use crate::shared::shmem::{set_worker_state, WorkerState};
 use crate::shared::sql::pinned;
@@ -50,13 +52,75 @@ pub(super) fn prune_behind(t: &Target, pages: (u32, u64)) {
     }
 }
 
-/// Pauses after a batch until `reaper.batch_delay` has passed since it ended (what the worker
-/// did meanwhile, such as pruning, counts as pause: a prune longer than the delay lengthens
-/// the cycle), and longer when `reaper.max_rows_per_second` asks for it.
-pub(super) fn throttle(deleted: i64, batch_started: Instant, batch_ended: Instant) {
-    let mut until = batch_ended + settings::batch_delay();
+/// The most a batch's waiting for a CPU stretches the pause after it: 4 times
+/// `reaper.batch_delay`.
+const MAX_STRETCH: f64 = 4.0;
+/// A batch's CPU time is counted as at least this, so that a few milliseconds of waiting
+/// after a small batch do not stretch its pause all the way.
+const MIN_CPU: Duration = Duration::from_millis(10);
+
+/// A batch's clock, started before its transaction and stopped after its commit.
+pub(super) struct BatchClock {
+    started: Instant,
+    cpu_at_start: Option<(Duration, Duration)>,
+}
+
+/// What a batch took: from its start to its commit, and meanwhile the time it ran on a CPU and
+/// the time it was ready to run but waited for one (None where the kernel does not say).
+pub(super) struct BatchTime {
+    pub(super) started: Instant,
+    pub(super) ended: Instant,
+    pub(super) cpu: Option<(Duration, Duration)>,
+}
+
+impl BatchClock {
+    pub(super) fn start() -> Self {
+        BatchClock {
+            started: Instant::now(),
+            cpu_at_start: cpu_run_and_wait(),
+        }
+    }
+
+    pub(super) fn stop(&self) -> BatchTime {
+        let since_start = |(ran0, waited0): (Duration, Duration)| {
+            let (ran, waited) = cpu_run_and_wait()?;
+            Some((ran.saturating_sub(ran0), waited.saturating_sub(waited0)))
+        };
+        BatchTime {
+            started: self.started,
+            ended: Instant::now(),
+            cpu: self.cpu_at_start.and_then(since_start),
+        }
+    }
+}
+
+impl BatchTime {
+    pub(super) fn wall(&self) -> Duration {
+        self.ended - self.started
+    }
+
+    /// 1 plus the time the batch waited for a CPU per unit of CPU time it ran, at most
+    /// MAX_STRETCH: 1 when it had a CPU whenever it was ready to run, 2 when the app's backends
+    /// kept it waiting as long as it ran. Disk reads and lock waits are not waiting for a CPU
+    /// and do not count: a quiet server with a cold table gets the plain pause.
+    pub(super) fn stretch(&self) -> f64 {
+        let Some((ran, waited)) = self.cpu else {
+            return 1.0;
+        };
+        (1.0 + waited.as_secs_f64() / ran.max(MIN_CPU).as_secs_f64()).min(MAX_STRETCH)
+    }
+}
+
+/// Pauses after a batch until `reaper.batch_delay`, times the batch's stretch, has passed
+/// since it ended (what the worker did meanwhile, such as pruning, counts as pause: a prune
+/// longer than that lengthens the cycle), and longer when `reaper.max_rows_per_second` asks for
+/// it. The stretch makes the worker give way to a busy server: a batch that waited for a CPU
+/// as long as it ran is followed by twice the pause, so the worker's share of the machine falls
+/// as the app's rises, and flat out (`batch_delay` 0) stays flat out.
+pub(super) fn throttle(deleted: i64, batch: &BatchTime) {
+    let mut until = batch.ended + settings::batch_delay().mul_f64(batch.stretch());
     if let Some(rate) = settings::max_rows_per_second() {
-        until = until.max(batch_started + Duration::from_secs_f64(deleted as f64 / rate));
+        until = until.max(batch.started + Duration::from_secs_f64(deleted as f64 / rate));
     }
     // A wake-up (a registration, reaper_wake) does not shorten the pause.
     pause(until.saturating_duration_since(Instant::now()));

@@ -259,7 +259,7 @@ fn reaper_wake_by_another_role_runs_nothing_of_others() {
 
 /// Issue 17 item 3: wake-ups never shorten the pause between batches. With
 /// `batch_delay = 2s`, registrations of another table every 100 ms during a run leave the
-/// batches two seconds apart.
+/// batches at least two seconds apart (up to 8 s when a batch waited for a CPU).
 #[test]
 fn wake_ups_do_not_shorten_the_pause_between_batches() {
     let (_pg, mut db) = with_reaper(
@@ -273,15 +273,15 @@ fn wake_ups_do_not_shorten_the_pause_between_batches() {
     wait_until("the first batch", SOON, || expired(&mut db, "big") < 5_000);
     let at_start = expired(&mut db, "big");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
+    while started.elapsed() < Duration::from_secs(9) {
         db.batch_execute("SELECT reaper_register('poke')").unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     let gone = at_start - expired(&mut db, "big");
-    // Five seconds hold at most three batch starts two seconds apart.
+    // Nine seconds hold at most five batch starts two seconds apart.
     assert!(
-        gone <= 300,
-        "{gone} rows went in 5 s: the pauses were cut short"
+        gone <= 500,
+        "{gone} rows went in 9 s: the pauses were cut short"
     );
     assert!(gone >= 100, "the run went on ({gone} rows)");
 }

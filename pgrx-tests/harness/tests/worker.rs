@@ -101,6 +101,83 @@ fn the_workers_batches_commit_without_waiting_for_their_wal_and_a_purge_waits() 
     assert_eq!(expired(&mut db, "sessions"), 0);
 }
 
+/// The pause after a batch grows with how long the batch waited for a CPU, up to 4 times
+/// `reaper.batch_delay`: the worker gives way to a busy server. Here the worker shares one CPU
+/// with a process that never sleeps, and each batch runs the owner's trigger, about 100 ms of
+/// CPU work, so it waits about as long as it runs and the pause after it is about twice 500 ms.
+/// Each pause is measured from the end of a batch's DELETE to the start of the next.
+#[test]
+fn a_batch_kept_waiting_for_a_cpu_is_followed_by_a_longer_pause() {
+    let (pg, mut db) = with_reaper(
+        "stretch",
+        &["reaper.interval = '1h'", "reaper.batch_delay = '500ms'"],
+    );
+    sessions_table(&mut db, "sessions", 50, 10);
+    db.batch_execute(
+        "CREATE TABLE batch_times (at timestamptz, step text);
+         CREATE FUNCTION batch_begins() RETURNS trigger LANGUAGE plpgsql AS $$
+           DECLARE x bigint := 0;
+           BEGIN
+             INSERT INTO batch_times VALUES (clock_timestamp(), 'begin');
+             FOR i IN 1..500000 LOOP x := x + i; END LOOP;
+             RETURN NULL;
+           END $$;
+         CREATE FUNCTION batch_ends() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO batch_times VALUES (clock_timestamp(), 'end'); RETURN NULL; END $$;
+         CREATE TRIGGER begins BEFORE DELETE ON sessions FOR EACH STATEMENT EXECUTE FUNCTION batch_begins();
+         CREATE TRIGGER ends AFTER DELETE ON sessions FOR EACH STATEMENT EXECUTE FUNCTION batch_ends();",
+    )
+    .unwrap();
+    let worker = pg.worker_pid("postgres");
+    let _burner = Burner::on_cpu_0_with(worker);
+    db.batch_execute("SELECT reaper_register('sessions', batch_size => 10)")
+        .unwrap();
+    wait_until("the worker removed every expired row", SOON, || {
+        expired(&mut db, "sessions") == 0
+    });
+    let pauses: Vec<f64> = db
+        .query(
+            "SELECT extract(epoch FROM at - lag(at) OVER (ORDER BY at))::float8, step FROM batch_times ORDER BY at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .filter(|row| row.get::<_, String>(1) == "begin")
+        .filter_map(|row| row.get(0))
+        .collect();
+    assert!(pauses.len() >= 4, "5 batches of 10 rows: {pauses:?}");
+    assert!(
+        pauses.iter().all(|pause| *pause >= 0.65),
+        "pauses of more than 1.3 x 500 ms: {pauses:?}"
+    );
+}
+
+/// A process that never sleeps, on CPU 0, with the given process moved there too; killed when
+/// dropped.
+struct Burner(std::process::Child);
+
+impl Burner {
+    fn on_cpu_0_with(pid: i32) -> Burner {
+        let pinned = std::process::Command::new("taskset")
+            .args(["-pc", "0", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(pinned.status.success(), "taskset: {pinned:?}");
+        let burner = std::process::Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        Burner(burner)
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_row_refreshed_while_the_worker_runs_is_never_deleted() {
     let (pg, mut db) = with_reaper(
