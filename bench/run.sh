@@ -10,6 +10,7 @@
 #   BUSY=0.4 RL_CONTENDERS="none reaper" STEPS=realistic_load bash bench/run.sh
 #                                # the realistic load's CPU share (its rate is found to keep
 #                                # that share of the machine busy) and contenders
+#   SAT_CONTENDERS="none reaper" STEPS=saturation bash bench/run.sh   # saturation's contenders
 #   ROUNDS=N STEADY_MINUTES=M bash bench/run.sh   # either set by hand
 #
 # Writes into OUT_DIR (default bench/latest), each workload's printed output and its plots:
@@ -76,7 +77,7 @@ step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.s
 step idle_and_scale bash bench/idle_and_scale.sh
 step realistic_load env RATE=auto BUSY="${BUSY:-0.5}" CONTENDERS="${RL_CONTENDERS:-none delete cron loop reaper}" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_realistic.XXXXXX")" bash bench/interference.sh
-step saturation env SAMPLE=1 CONTENDERS="none cpu:15:75 reaper other" ROUNDS="$ROUNDS" REPORT=/dev/null \
+step saturation env SAMPLE=1 CONTENDERS="${SAT_CONTENDERS:-none cpu:15:75 reaper other}" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh
 step flat_out bash bench/flat_out.sh 2000000 "$PAIRS"
 step flat_out_20m bash bench/flat_out.sh 20000000 "$PAIRS"
