@@ -29,7 +29,8 @@ if [[ " $STRATEGIES " == *" cron "* ]]; then
 fi
 cluster_start "${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}" "${BENCH_PORT:-54340}" "${cron_conf[@]}" \
   "shared_buffers = '2GB'" "max_wal_size = '8GB'" "checkpoint_timeout = '30min'" "autovacuum = off" \
-  "reaper.interval = '1h'" "reaper.batch_delay = 0" "reaper.analyze_after = 0"
+  "reaper.interval = '1h'" "reaper.batch_delay = 0" "reaper.analyze_after = 0" \
+  ${BATCH_LOG:+"log_min_messages = debug1"}
 trap cluster_stop EXIT
 
 cluster_psql -q <<'SQL'

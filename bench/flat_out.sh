@@ -4,7 +4,9 @@
 # run-to-run spread shows and the medians can be quoted. Each pair is one run of
 # bench/batch_strategies.sh (a fresh cluster, a fresh table per contender), the order of the
 # two alternating from pair to pair. Prints every pair, then the medians of rows/s, WAL and the
-# longest transaction, and the reaper's ratios to the DELETE (median of the per-pair ratios).
+# longest transaction, and the reaper's ratios to the DELETE (median of the per-pair ratios);
+# then the worker's batches (it logs each at DEBUG1 here): their times, and where the slowest
+# spent theirs (on a CPU, waiting for one, or neither: I/O and locks).
 #
 #   bash bench/flat_out.sh [ROWS] [PAIRS]      # default 2,000,000 rows, 5 pairs
 #   BATCH=30000 bash bench/flat_out.sh 20000000 5
@@ -17,15 +19,16 @@ sudo_flag=()
 [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
 cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
 dir=${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}
-all=$(mktemp)
-trap 'rm -f "$all"' EXIT
+all=$(mktemp) batches=$(mktemp)
+trap 'rm -f "$all" "$batches"' EXIT
 for pair in $(seq 1 "$PAIRS"); do
   order="single reaper:$BATCH"
   [ $((pair % 2)) -eq 0 ] && order="reaper:$BATCH single"
   echo "== pair $pair of $PAIRS: $order"
-  STRATEGIES=$order BENCH_DIR=$dir PLOT=/dev/null bash bench/batch_strategies.sh "$ROWS" >/dev/null 2>&1 ||
+  BATCH_LOG=1 STRATEGIES=$order BENCH_DIR=$dir PLOT=/dev/null bash bench/batch_strategies.sh "$ROWS" >/dev/null 2>&1 ||
     { echo "pair $pair failed: see $dir/server.log" >&2; exit 1; }
   sed "s/^/$pair\t/" "$dir/backlog.tsv" >> "$all"
+  grep ' rows committed in ' "$dir/server.log" | sed "s/^/$pair\t/" >> "$batches" || true
 done
 echo
 echo "One DELETE against session_reaper flat out (batch_size $BATCH, batch_delay 0): $ROWS rows, $((ROWS / 2)) expired, $PAIRS pairs, $(nproc) cores"
@@ -48,4 +51,19 @@ print(f"median | {med('delete', 0):,.0f} | {med('reaper', 0):,.0f} | {statistics
       f"{statistics.median(wals):.3f} | {med('delete', 2):,.0f} | {med('reaper', 2):,.1f}")
 print(f"spread of the DELETE's rows/s: {min(r['delete'][0] for r in runs.values()):,.0f} - "
       f"{max(r['delete'][0] for r in runs.values()):,.0f}; of the ratio: {min(ratios):.2f} - {max(ratios):.2f}")
+PY
+python3 - "$batches" <<'PY'
+import re, statistics, sys
+line = re.compile(r"^(\d+)\t.*batch of (\d+) rows committed in ([\d.]+) ms \(([\d.]+) ms on a CPU, ([\d.]+) ms waiting for one\)")
+seen = [m.groups() for m in map(line.match, open(sys.argv[1])) if m]
+if not seen:
+    sys.exit("no batch lines in the server logs (log_min_messages = debug1)")
+batches = [(int(p), int(n), float(w), float(c), float(q)) for p, n, w, c, q in seen]
+walls = sorted(b[2] for b in batches)
+pct = lambda q: walls[min(len(walls) - 1, int(q * len(walls)))]
+print(f"\nthe worker's {len(batches)} batches: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {walls[-1]:.1f} ms; "
+      f"over 50 ms: {sum(w > 50 for w in walls)}")
+print("the slowest 5 (pair, rows, ms; on a CPU, waiting for one, neither):")
+for p, n, w, c, q in sorted(batches, key=lambda b: -b[2])[:5]:
+    print(f"  pair {p}: {n} rows in {w:.1f} ms: {c:.1f} on a CPU, {q:.1f} waiting for one, {max(0.0, w - c - q):.1f} neither")
 PY
