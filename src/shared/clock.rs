@@ -26,12 +26,11 @@ pub fn monotonic_now() -> f64 {
 
 /// What this process has had of the CPUs so far: the time it ran on one, and the time it was
 /// ready to run but waited for one (the kernel's /proc/self/schedstat; a backend is one
-/// thread). None where the kernel does not keep that account.
+/// thread). None where the kernel does not keep that account (no such file, or one of zeros).
 pub fn cpu_run_and_wait() -> Option<(Duration, Duration)> {
     let stat = std::fs::read_to_string("/proc/self/schedstat").ok()?;
     let mut nanos = stat.split_whitespace().map(|n| n.parse::<u64>().ok());
-    Some((
-        Duration::from_nanos(nanos.next()??),
-        Duration::from_nanos(nanos.next()??),
-    ))
+    let ran = Duration::from_nanos(nanos.next()??);
+    let waited = Duration::from_nanos(nanos.next()??);
+    (!ran.is_zero()).then_some((ran, waited))
 }

@@ -264,14 +264,12 @@ impl Worker {
                     .as_ref()
                     .expect("checked by batch_step"),
             };
-            let (ran, waited) = took.cpu.unwrap_or_default();
             debug1!(
-                "session_reaper: {}: batch of {} rows committed in {:.1} ms ({:.1} ms on a CPU, {:.1} ms waiting for one)",
+                "session_reaper: {}: batch of {} rows committed in {:.1} ms ({})",
                 t.name,
                 batch.deleted,
                 took.wall().as_secs_f64() * 1e3,
-                ran.as_secs_f64() * 1e3,
-                waited.as_secs_f64() * 1e3
+                took.cpu_account()
             );
             if let Some(stuck) = running.progress.stuck(t) {
                 return TurnEnd::Failed(stuck.sqlstate(), stuck.message());

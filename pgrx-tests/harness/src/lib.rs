@@ -52,14 +52,19 @@ fn is_root() -> bool {
 
 /// Runs a Postgres program as the cluster's owner (`postgres` when we are root).
 fn as_owner(program: &str, args: &[&str]) -> std::process::Output {
-    let path = format!("{}/{program}", pg_bin());
+    as_cluster_owner(&format!("{}/{program}", pg_bin()), args)
+}
+
+/// Runs a program as the clusters' owner (`postgres` when we are root), who may do to the
+/// server's processes what their owner may (such as `taskset`) without CAP_SYS_NICE.
+pub fn as_cluster_owner(program: &str, args: &[&str]) -> std::process::Output {
     let output = if is_root() {
         Command::new("sudo")
-            .args(["-u", "postgres", "--", &path])
+            .args(["-u", "postgres", "--", program])
             .args(args)
             .output()
     } else {
-        Command::new(&path).args(args).output()
+        Command::new(program).args(args).output()
     };
     output.unwrap_or_else(|e| panic!("running {program}: {e}"))
 }
