@@ -75,7 +75,7 @@ step interference env ROUNDS="$ROUNDS" REPORT=/dev/null PLOTS="$OUT_DIR" \
   OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_interference.XXXXXX")" bash bench/interference.sh
 step steady_state env PLOT="$OUT_DIR/steady_state.png" bash bench/steady_state.sh "$STEADY_MINUTES"
 step idle_and_scale bash bench/idle_and_scale.sh
-step realistic_load env RATE=auto BUSY="${BUSY:-0.5}" CONTENDERS="${RL_CONTENDERS:-none delete cron loop reaper}" ROUNDS="$ROUNDS" REPORT=/dev/null \
+step realistic_load env RATE=auto BUSY="${BUSY:-0.5}" CONTENDERS="${RL_CONTENDERS:-none cpu:15:75 delete cron loop reaper}" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_realistic.XXXXXX")" bash bench/interference.sh
 step saturation env SAMPLE=1 CONTENDERS="${SAT_CONTENDERS:-none cpu:15:75 reaper other}" ROUNDS="$ROUNDS" REPORT=/dev/null \
   PLOTS="$(mktemp -d)" OUT="$(mktemp -d "${SR_TMP:-/tmp}/session_reaper_saturation.XXXXXX")" bash bench/interference.sh

@@ -86,9 +86,9 @@ pub fn init() {
         c"Pause between two batches of the worker.",
         c"Gives the application's queries room between batches, and the worker time to prune \
           the pages a batch deleted from (counted as part of the pause). A batch that waited for \
-          a CPU (other processes had them all) stretches the pause after it by one plus that \
-          wait per unit of its CPU time, up to 4 times (Linux). 0 reaps as fast as possible and \
-          leaves the pruning to the pages' next reader.",
+          a CPU (other processes had them all) more than 3/4 of its CPU time stretches the \
+          pause after it: 2 times when it waited as long as it ran, up to 4 times (Linux). 0 \
+          reaps as fast as possible and leaves the pruning to the pages' next reader.",
         &BATCH_DELAY_MS,
         (0, 60_000),
         GucFlags::UNIT_MS,
