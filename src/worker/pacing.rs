@@ -58,9 +58,10 @@ const MAX_STRETCH: f64 = 4.0;
 /// How long a batch may wait for a CPU, per unit of CPU time it ran, before its pause is
 /// stretched. Some waiting is normal on a server with CPU to spare: the worker's batches waited
 /// about half their run time on 2 cores kept half busy by the app, and about as long as they ran
-/// on 2 saturated ones (bench/README.md, "A pause that gives way"). Stretching from the first
-/// waited millisecond cost a third of the rate on the half-busy server and bought its app
-/// nothing measurable; from three quarters, the rate stays.
+/// on 2 saturated ones, counted as below (docs/design.md, "A pause that gives way to a
+/// saturated server"). Stretching from the first waited millisecond cost a third of the rate on
+/// the half-busy server and bought its app nothing measurable; from three quarters, the rate
+/// stays.
 const WAIT_BEFORE_STRETCH: f64 = 0.75;
 /// A batch's CPU time is counted as at least this, so that a few milliseconds of waiting
 /// after a small batch do not stretch its pause all the way.
