@@ -110,7 +110,9 @@ fn the_workers_batches_commit_without_waiting_for_their_wal_and_a_purge_waits() 
 #[test]
 fn a_batch_kept_waiting_for_a_cpu_is_followed_by_a_longer_pause() {
     if !Burners::kernel_counts_cpu_waits() {
-        eprintln!("skipped: this kernel keeps no /proc/self/schedstat, so the pause is never stretched");
+        eprintln!(
+            "skipped: this kernel keeps no /proc/self/schedstat, so the pause is never stretched"
+        );
         return;
     }
     // No ANALYZE: with statistics saying most of the table is dead, one page batch would take
