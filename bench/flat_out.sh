@@ -27,7 +27,7 @@ for pair in $(seq 1 "$PAIRS"); do
   echo "== pair $pair of $PAIRS: $order"
   BATCH_LOG=1 STRATEGIES=$order BENCH_DIR=$dir PLOT=/dev/null bash bench/batch_strategies.sh "$ROWS" >/dev/null 2>&1 ||
     { echo "pair $pair failed: see $dir/server.log" >&2; exit 1; }
-  sed "s/^/$pair\t/" "$dir/backlog.tsv" >> "$all"
+  sed "s/^/$pair\t/" "$dir/backlog.tsv" | tee -a "$all"   # strategy, rows, seconds, WAL, longest ms
   grep ' rows committed in ' "$dir/server.log" | sed "s/^/$pair\t/" >> "$batches" || true
 done
 echo
