@@ -94,6 +94,31 @@ pub fn installed_version() -> Option<String> {
     .expect("reading pg_extension")
 }
 
+/// The version installed, as [`installed_version`], for a worker transaction that goes on to
+/// read and write the extension's tables: the extension is locked (in the mode that only DROP
+/// EXTENSION's lock conflicts with) until the transaction ends. A DROP EXTENSION that comes
+/// meanwhile waits for the transaction instead of removing those tables under it; one that
+/// committed while this waited is seen, and the answer is None.
+pub fn held_version() -> Option<String> {
+    const NAME: &CStr = c"session_reaper";
+    // SAFETY: catalog look-ups by name (missing_ok) and a lock on the object found, inside the
+    // caller's transaction. Taking the lock reads the invalidations it waited for, so the
+    // second look-up sees a DROP that committed meanwhile.
+    let held = unsafe {
+        let found = pg_sys::get_extension_oid(NAME.as_ptr(), true);
+        found != pg_sys::InvalidOid && {
+            pg_sys::LockDatabaseObject(
+                pg_sys::ExtensionRelationId,
+                found,
+                0,
+                pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+            );
+            pg_sys::get_extension_oid(NAME.as_ptr(), true) == found
+        }
+    };
+    held.then(installed_version).flatten()
+}
+
 /// The quoted schema the extension was installed into, to qualify its tables with. Raises an
 /// ERROR while the SQL objects are of an older version than the library (between installing a
 /// new package and `ALTER EXTENSION session_reaper UPDATE`): their tables lack what this code
@@ -107,10 +132,11 @@ pub fn ext_schema() -> String {
              WHERE e.extname = 'session_reaper'",
             &[],
         )?;
-        client
-            .select(plan, Some(1), &[])?
-            .first()
-            .get_two::<String, String>()
+        let found = client.select(plan, Some(1), &[])?;
+        match found.is_empty() {
+            true => Ok((None, None)),
+            false => found.first().get_two::<String, String>(),
+        }
     })
     .expect("reading pg_extension");
     let schema = schema.expect("session_reaper is installed when its functions run");

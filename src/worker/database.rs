@@ -16,7 +16,7 @@ use crate::shared::settings;
 use crate::shared::shmem::{
     claim_slot, leave_for_lack_of_extension, set_worker_state, WorkerState, SHARED,
 };
-use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
+use crate::shared::sql::{held_version, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
 use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, BatchClock};
 use crate::worker::process::{reload_settings_if_asked, sleep_unless};
@@ -304,7 +304,9 @@ impl Worker {
         }
         self.last_prune = Some(Instant::now());
         loop {
-            match in_transaction(|| pinned(history::prune)) {
+            let pruned =
+                in_transaction(|| pinned(|| held_version().map_or(0, |_| history::prune())));
+            match pruned {
                 Ok(pruned) if pruned > 0 => continue,
                 Ok(_) => return,
                 Err((code, message)) => {
@@ -321,7 +323,8 @@ impl Worker {
 /// noted in the same transaction, so a run cut short is recorded with exactly what committed.
 fn batch_step(running: &Running, started_at: f64) -> Step {
     // A run goes on for many batches after its look at the registry: each batch checks that
-    // the extension is still there, so a DROP EXTENSION stops the deletes at once.
+    // the extension is still there, so a DROP EXTENSION stops the deletes at once; and holds
+    // it, so one that comes during the batch waits for its commit rather than fail it.
     if !extension_installed() {
         return Step::ExtensionDropped;
     }
@@ -389,7 +392,7 @@ fn join_newly_due(queue: &mut VecDeque<Running>) {
 /// Reads the registry: the targets due now, by their schedules and wake requests, and how
 /// long until the next one is due.
 fn look() -> Look {
-    match installed_version() {
+    match held_version() {
         None => return Look::NoExtension,
         Some(version) if version != LIBRARY_VERSION => return Look::OtherVersion(version),
         Some(_) => {}
@@ -410,7 +413,8 @@ fn look() -> Look {
     Look::Due(due, pause)
 }
 
-/// Whether session_reaper is installed in this database (as of the current snapshot).
+/// Whether session_reaper is installed in this database, held so until the transaction ends
+/// ([`held_version`]).
 fn extension_installed() -> bool {
-    installed_version().is_some()
+    held_version().is_some()
 }

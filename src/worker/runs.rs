@@ -11,7 +11,7 @@ use crate::reap::target::{self, Registered, Target};
 use crate::shared::errors::ReaperError;
 use crate::shared::security::{as_role, with_settings};
 use crate::shared::settings;
-use crate::shared::sql::{installed_version, pinned, LIBRARY_VERSION};
+use crate::shared::sql::{held_version, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -78,7 +78,7 @@ pub(super) fn disable_stuck_target() {
     }
     let disabled = in_transaction(|| {
         pinned(|| {
-            if installed_version().as_deref() != Some(LIBRARY_VERSION) {
+            if held_version().as_deref() != Some(LIBRARY_VERSION) {
                 return None;
             }
             let registered = target::load(Some(pg_sys::Oid::from(relid)))
@@ -127,8 +127,7 @@ pub(super) fn disable_stuck_target() {
 pub(super) fn record_interrupted_runs() {
     let recorded = in_transaction(|| {
         pinned(|| {
-            (installed_version().as_deref() == Some(LIBRARY_VERSION))
-                .then(history::record_interrupted)
+            (held_version().as_deref() == Some(LIBRARY_VERSION)).then(history::record_interrupted)
         })
     });
     if let Err((code, message)) = recorded {
@@ -178,7 +177,8 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
         error,
         complete,
     };
-    let recorded = in_transaction(|| pinned(|| history::record(&run)));
+    // After a DROP EXTENSION there is nothing to record into, and nothing to say.
+    let recorded = in_transaction(|| pinned(|| held_version().map(|_| history::record(&run))));
     if let Err((code, message)) = &recorded {
         warn(
             *code,

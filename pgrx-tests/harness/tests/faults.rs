@@ -162,16 +162,28 @@ fn drop_extension_during_a_run_returns_at_once_and_the_worker_stops_deleting() {
         expired(&mut db, "sessions") < 290_000
     });
     let log_before = pg.log().len();
+    // The DROP is held uncommitted until the worker's next transaction waits for it: the
+    // commit then lands in the middle of that transaction, the worst moment (CI once saw the
+    // worker find the extension there, then its tables gone, and complain).
+    let mut dropper = pg.connect("postgres");
     let started = Instant::now();
-    db.batch_execute(
-        "SET statement_timeout = '10s'; DROP EXTENSION session_reaper; RESET statement_timeout",
-    )
-    .expect("DROP EXTENSION while the worker reaps");
+    dropper
+        .batch_execute("BEGIN; SET LOCAL statement_timeout = '10s'; DROP EXTENSION session_reaper")
+        .expect("DROP EXTENSION while the worker reaps");
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(5),
         "DROP EXTENSION took {took:?}"
     );
+    wait_until("the worker waits for the DROP's commit", SOON, || {
+        count(
+            &mut db,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+            ),
+        ) == 1
+    });
+    dropper.batch_execute("COMMIT").unwrap();
     wait_until("the worker left", SOON, || {
         count(
             &mut db,
