@@ -69,6 +69,25 @@ wal_mark() {
 }
 wal_since="pg_current_wal_insert_lsn() - (SELECT lsn FROM mark)"
 
+# With WAIT_SAMPLES set, sample_waits samples the wait event of the contender's process (the
+# worker, or the backend running a batch loop) every 10 ms into $CLUSTER_DIR/waits.tsv
+# (strategy, time, wait; CPU when it waits for nothing), over one connection: where the
+# time that is neither on a CPU nor waiting for one goes. It costs a few percent of a core,
+# so the figures of a sampled run are not the headline ones.
+sample_waits() {
+  [ -n "${WAIT_SAMPLES:-}" ] || return 0
+  echo "SELECT '$1', to_char(clock_timestamp() AT TIME ZONE current_setting('log_timezone'), 'HH24:MI:SS.MS'),
+               coalesce(wait_event_type || ':' || wait_event, 'CPU')
+          FROM pg_stat_activity
+         WHERE backend_type = 'session_reaper worker' OR query LIKE 'CALL run_batches%'
+        \\watch 0.01" | "$PG_BIN/psql" -X -At -F $'\t' >> "$CLUSTER_DIR/waits.tsv" 2>/dev/null &
+  SAMPLER=$!
+}
+stop_sampling() {
+  [ -z "${SAMPLER:-}" ] || { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }
+  SAMPLER=
+}
+
 # reaper_run N D lets session_reaper's worker clear the backlog (registering wakes it) with
 # batch_size N and batch_delay D ms, and records its run from the history, which has the run's
 # longest batch (= longest transaction). Waited for over one connection (cluster_wait_for): a
@@ -78,9 +97,11 @@ reaper_run() {
   [ "$2" -eq 0 ] || name="reaper batch $1, pause $2 ms"
   cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = $2" -c "SELECT pg_reload_conf()" >/dev/null
   wal_mark
+  sample_waits "$name"
   cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => $1)" >/dev/null
   cluster_wait_for "EXISTS (SELECT FROM reaper_history WHERE trigger = 'worker' AND rows > 0)" ||
     { echo "the worker did not finish within 10 minutes" >&2; exit 1; }
+  stop_sampling
   cluster_psql -q -c "INSERT INTO results SELECT '$name', rows, batches, extract(epoch FROM duration),
       $wal_since, extract(epoch FROM longest_batch) * 1000
     FROM reaper_history WHERE trigger = 'worker' AND rows > 0" \
@@ -100,7 +121,10 @@ cron_run() {
 for strategy in $STRATEGIES; do
   fill_sessions "$ROWS"
   case $strategy in
-    single) cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)" ;;
+    single)
+      sample_waits single
+      cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)"
+      stop_sampling ;;
     skip_locked) cluster_psql -q -c "CALL run_batches('skip_locked', \$\$$skip_locked\$\$, 10000)" ;;
     pk_cte) cluster_psql -q -c "CALL run_batches('pk_cte', \$\$$pk_cte\$\$, 10000)" ;;
     cron) cron_run ;;

@@ -6,10 +6,14 @@
 # two alternating from pair to pair. Prints every pair, then the medians of rows/s, WAL and the
 # longest transaction, and the reaper's ratios to the DELETE (median of the per-pair ratios);
 # then the worker's batches (it logs each at DEBUG1 here): their times, and where the slowest
-# spent theirs (on a CPU, waiting for one, or neither: I/O and locks).
+# spent theirs (on a CPU, waiting for one, or neither: I/O and locks). With WAIT_SAMPLES=1,
+# also the wait events sampled every 10 ms (bench/batch_strategies.sh): each contender's share
+# of samples per wait, and those inside the slowest batches. The sampling costs a few percent
+# of a core: quote the rates of unsampled runs.
 #
 #   bash bench/flat_out.sh [ROWS] [PAIRS]      # default 2,000,000 rows, 5 pairs
 #   BATCH=30000 bash bench/flat_out.sh 20000000 5
+#   WAIT_SAMPLES=1 BATCH=5000 bash bench/flat_out.sh 20000000 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-2000000} PAIRS=${2:-5} BATCH=${BATCH:-10000}
@@ -19,8 +23,8 @@ sudo_flag=()
 [ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
 cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
 dir=${BENCH_DIR:-${SR_TMP:-/tmp}/session_reaper_bench}
-all=$(mktemp) batches=$(mktemp)
-trap 'rm -f "$all" "$batches"' EXIT
+all=$(mktemp) batches=$(mktemp) waits=$(mktemp)
+trap 'rm -f "$all" "$batches" "$waits"' EXIT
 for pair in $(seq 1 "$PAIRS"); do
   order="single reaper:$BATCH"
   [ $((pair % 2)) -eq 0 ] && order="reaper:$BATCH single"
@@ -29,6 +33,7 @@ for pair in $(seq 1 "$PAIRS"); do
     { echo "pair $pair failed: see $dir/server.log" >&2; exit 1; }
   sed "s/^/$pair\t/" "$dir/backlog.tsv" | tee -a "$all"   # strategy, rows, seconds, WAL, longest ms
   grep ' rows committed in ' "$dir/server.log" | sed "s/^/$pair\t/" >> "$batches" || true
+  [ ! -f "$dir/waits.tsv" ] || sed "s/^/$pair\t/" "$dir/waits.tsv" >> "$waits"
 done
 echo
 echo "One DELETE against session_reaper flat out (batch_size $BATCH, batch_delay 0): $ROWS rows, $((ROWS / 2)) expired, $PAIRS pairs, $(nproc) cores"
@@ -52,18 +57,33 @@ print(f"median | {med('delete', 0):,.0f} | {med('reaper', 0):,.0f} | {statistics
 print(f"spread of the DELETE's rows/s: {min(r['delete'][0] for r in runs.values()):,.0f} - "
       f"{max(r['delete'][0] for r in runs.values()):,.0f}; of the ratio: {min(ratios):.2f} - {max(ratios):.2f}")
 PY
-python3 - "$batches" <<'PY'
-import re, statistics, sys
-line = re.compile(r"^(\d+)\t.*batch of (\d+) rows committed in ([\d.]+) ms \(([\d.]+) ms on a CPU, ([\d.]+) ms waiting for one\)")
+python3 - "$batches" "$waits" <<'PY'
+import collections, datetime, re, statistics, sys
+line = re.compile(r"^(\d+)\t\S+ (\S+) .*batch of (\d+) rows committed in ([\d.]+) ms \(([\d.]+) ms on a CPU, ([\d.]+) ms waiting for one\)")
 seen = [m.groups() for m in map(line.match, open(sys.argv[1])) if m]
 if not seen:
     sys.exit("no batch lines in the server logs (log_min_messages = debug1)")
-batches = [(int(p), int(n), float(w), float(c), float(q)) for p, n, w, c, q in seen]
+at = lambda hms: datetime.datetime.strptime(hms, "%H:%M:%S.%f")
+batches = [(int(p), int(n), float(w), float(c), float(q), at(t)) for p, t, n, w, c, q in seen]
+samples = [l.rstrip("\n").split("\t") for l in open(sys.argv[2])]
+samples = [(int(p), who, at(t), wait) for p, who, t, wait in samples]
 walls = sorted(b[2] for b in batches)
 pct = lambda q: walls[min(len(walls) - 1, int(q * len(walls)))]
 print(f"\nthe worker's {len(batches)} batches: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {walls[-1]:.1f} ms; "
       f"over 50 ms: {sum(w > 50 for w in walls)}")
 print("the slowest 5 (pair, rows, ms; on a CPU, waiting for one, neither):")
-for p, n, w, c, q in sorted(batches, key=lambda b: -b[2])[:5]:
+def shares(waits):
+    counts = collections.Counter(waits)
+    return ", ".join(f"{w} {100 * k / len(waits):.1f}%" for w, k in counts.most_common(6))
+for p, n, w, c, q, end in sorted(batches, key=lambda b: -b[2])[:5]:
     print(f"  pair {p}: {n} rows in {w:.1f} ms: {c:.1f} on a CPU, {q:.1f} waiting for one, {max(0.0, w - c - q):.1f} neither")
+    inside = [s[3] for s in samples if s[0] == p and s[1].startswith("reaper")
+              and end - datetime.timedelta(milliseconds=w) <= s[2] <= end]
+    if inside:
+        print(f"    sampled inside it: {shares(inside)}")
+if samples:
+    print("\nwait events sampled every 10 ms (CPU: waiting for nothing, on a CPU or runnable):")
+    for who in sorted({s[1] for s in samples}):
+        waits = [s[3] for s in samples if s[1] == who]
+        print(f"  {who}: {len(waits)} samples: {shares(waits)}")
 PY
