@@ -69,17 +69,16 @@ wal_mark() {
 }
 wal_since="pg_current_wal_insert_lsn() - (SELECT lsn FROM mark)"
 
-# With WAIT_SAMPLES set, sample_waits samples the wait event of the contender's process (the
-# worker, or the backend running a batch loop) every 10 ms into $CLUSTER_DIR/waits.tsv
-# (strategy, time, wait; CPU when it waits for nothing), over one connection: where the
-# time that is neither on a CPU nor waiting for one goes. It costs a few percent of a core,
-# so the figures of a sampled run are not the headline ones.
+# With WAIT_SAMPLES set, sample_waits NAME CONDITION samples the wait event of the processes
+# of pg_stat_activity that CONDITION picks every 10 ms into $CLUSTER_DIR/waits.tsv (NAME,
+# time, wait; CPU when it waits for nothing), over one connection: where the time that is
+# neither on a CPU nor waiting for one goes. It costs a few percent of a core, so the
+# figures of a sampled run are not the headline ones.
 sample_waits() {
   [ -n "${WAIT_SAMPLES:-}" ] || return 0
   echo "SELECT '$1', to_char(clock_timestamp() AT TIME ZONE current_setting('log_timezone'), 'HH24:MI:SS.MS'),
                coalesce(wait_event_type || ':' || wait_event, 'CPU')
-          FROM pg_stat_activity
-         WHERE backend_type = 'session_reaper worker' OR query LIKE 'CALL run_batches%'
+          FROM pg_stat_activity WHERE $2
         \\watch 0.01" | "$PG_BIN/psql" -X -At -F $'\t' >> "$CLUSTER_DIR/waits.tsv" 2>/dev/null &
   SAMPLER=$!
 }
@@ -97,7 +96,8 @@ reaper_run() {
   [ "$2" -eq 0 ] || name="reaper batch $1, pause $2 ms"
   cluster_psql -q -c "ALTER SYSTEM SET reaper.batch_delay = $2" -c "SELECT pg_reload_conf()" >/dev/null
   wal_mark
-  sample_waits "$name"
+  # The worker while it reaps: idle, it waits on its latch (Extension).
+  sample_waits "$name" "backend_type = 'session_reaper worker' AND wait_event IS DISTINCT FROM 'Extension'"
   cluster_psql -q -c "SELECT reaper_register('sessions', batch_size => $1)" >/dev/null
   cluster_wait_for "EXISTS (SELECT FROM reaper_history WHERE trigger = 'worker' AND rows > 0)" ||
     { echo "the worker did not finish within 10 minutes" >&2; exit 1; }
@@ -122,7 +122,7 @@ for strategy in $STRATEGIES; do
   fill_sessions "$ROWS"
   case $strategy in
     single)
-      sample_waits single
+      sample_waits single "query LIKE 'CALL run_batches%' AND state = 'active'"
       cluster_psql -q -c "CALL run_batches('single', \$\$$single\$\$, 2147483647)"
       stop_sampling ;;
     skip_locked) cluster_psql -q -c "CALL run_batches('skip_locked', \$\$$skip_locked\$\$, 10000)" ;;
