@@ -95,10 +95,12 @@ pub fn installed_version() -> Option<String> {
 }
 
 /// The version installed, as [`installed_version`], for a worker transaction that goes on to
-/// read and write the extension's tables: the extension is locked (in the mode that only DROP
-/// EXTENSION's lock conflicts with) until the transaction ends. A DROP EXTENSION that comes
-/// meanwhile waits for the transaction instead of removing those tables under it; one that
-/// committed while this waited is seen, and the answer is None.
+/// read and write the extension's tables; called first thing in it. The extension is locked
+/// (in the mode that only DROP EXTENSION's lock conflicts with) until the transaction ends: a
+/// DROP EXTENSION that comes meanwhile waits for the transaction instead of removing those
+/// tables under it, and one that committed while this waited is seen, and the answer is None.
+/// The wait has no `lock_timeout`: only an uncommitted DROP EXTENSION holds it up, the worker
+/// holds no other lock yet, so nobody waits for it, and a SIGTERM still ends it.
 pub fn held_version() -> Option<String> {
     const NAME: &CStr = c"session_reaper";
     // SAFETY: catalog look-ups by name (missing_ok) and a lock on the object found, inside the
@@ -107,12 +109,14 @@ pub fn held_version() -> Option<String> {
     let held = unsafe {
         let found = pg_sys::get_extension_oid(NAME.as_ptr(), true);
         found != pg_sys::InvalidOid && {
-            pg_sys::LockDatabaseObject(
-                pg_sys::ExtensionRelationId,
-                found,
-                0,
-                pg_sys::AccessShareLock as pg_sys::LOCKMODE,
-            );
+            with_settings(&[("lock_timeout", "0".to_string())], || {
+                pg_sys::LockDatabaseObject(
+                    pg_sys::ExtensionRelationId,
+                    found,
+                    0,
+                    pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+                )
+            });
             pg_sys::get_extension_oid(NAME.as_ptr(), true) == found
         }
     };

@@ -175,14 +175,21 @@ fn drop_extension_during_a_run_returns_at_once_and_the_worker_stops_deleting() {
         took < Duration::from_secs(5),
         "DROP EXTENSION took {took:?}"
     );
+    let waits_for_the_drop = format!(
+        "SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted
+           AND locktype = 'object' AND classid = 'pg_extension'::regclass"
+    );
     wait_until("the worker waits for the DROP's commit", SOON, || {
-        count(
-            &mut db,
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
-            ),
-        ) == 1
+        count(&mut db, &waits_for_the_drop) == 1
     });
+    // Held past the worker's lock_timeout (reaper.lock_timeout, 1 s): that wait is not bounded
+    // by it, so it neither gives up with a WARNING nor mistakes the DROP for a locked row.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        count(&mut db, &waits_for_the_drop),
+        1,
+        "the worker stopped waiting for the uncommitted DROP"
+    );
     dropper.batch_execute("COMMIT").unwrap();
     wait_until("the worker left", SOON, || {
         count(
