@@ -94,19 +94,19 @@ pub fn installed_version() -> Option<String> {
     .expect("reading pg_extension")
 }
 
-/// The version installed, as [`installed_version`], for a worker transaction that goes on to
-/// read and write the extension's tables; called first thing in it. The extension is locked
-/// (in the mode that only DROP EXTENSION's lock conflicts with) until the transaction ends: a
-/// DROP EXTENSION that comes meanwhile waits for the transaction instead of removing those
-/// tables under it, and one that committed while this waited is seen, and the answer is None.
+/// Whether session_reaper is installed, for a worker transaction that goes on to read and
+/// write the extension's tables; called first thing in it. The extension is locked (in the
+/// mode that only DROP EXTENSION's lock conflicts with) until the transaction ends: a DROP
+/// EXTENSION that comes meanwhile waits for the transaction instead of removing those tables
+/// under it, and one that committed while this waited is seen, and the answer is false.
 /// The wait has no `lock_timeout`: only an uncommitted DROP EXTENSION holds it up, the worker
 /// holds no other lock yet, so nobody waits for it, and a SIGTERM still ends it.
-pub fn held_version() -> Option<String> {
+pub fn hold_extension() -> bool {
     const NAME: &CStr = c"session_reaper";
     // SAFETY: catalog look-ups by name (missing_ok) and a lock on the object found, inside the
     // caller's transaction. Taking the lock reads the invalidations it waited for, so the
     // second look-up sees a DROP that committed meanwhile.
-    let held = unsafe {
+    unsafe {
         let found = pg_sys::get_extension_oid(NAME.as_ptr(), true);
         found != pg_sys::InvalidOid && {
             with_settings(&[("lock_timeout", "0".to_string())], || {
@@ -119,8 +119,12 @@ pub fn held_version() -> Option<String> {
             });
             pg_sys::get_extension_oid(NAME.as_ptr(), true) == found
         }
-    };
-    held.then(installed_version).flatten()
+    }
+}
+
+/// The version installed, as [`installed_version`], with the extension held ([`hold_extension`]).
+pub fn held_version() -> Option<String> {
+    hold_extension().then(installed_version).flatten()
 }
 
 /// The quoted schema the extension was installed into, to qualify its tables with. Raises an

@@ -16,7 +16,7 @@ use crate::shared::settings;
 use crate::shared::shmem::{
     claim_slot, leave_for_lack_of_extension, set_worker_state, WorkerState, SHARED,
 };
-use crate::shared::sql::{held_version, pinned, LIBRARY_VERSION};
+use crate::shared::sql::{held_version, hold_extension, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
 use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, BatchClock};
 use crate::worker::process::{reload_settings_if_asked, sleep_unless};
@@ -304,8 +304,15 @@ impl Worker {
         }
         self.last_prune = Some(Instant::now());
         loop {
-            let pruned =
-                in_transaction(|| pinned(|| held_version().map_or(0, |_| history::prune())));
+            let pruned = in_transaction(|| {
+                pinned(|| {
+                    if hold_extension() {
+                        history::prune()
+                    } else {
+                        0
+                    }
+                })
+            });
             match pruned {
                 Ok(pruned) if pruned > 0 => continue,
                 Ok(_) => return,
@@ -325,7 +332,7 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     // A run goes on for many batches after its look at the registry: each batch checks that
     // the extension is still there, so a DROP EXTENSION stops the deletes at once; and holds
     // it, so one that comes during the batch waits for its commit rather than fail it.
-    if !extension_installed() {
+    if !hold_extension() {
         return Step::ExtensionDropped;
     }
     let Some(now) = target::load(Some(running.target.relid))
@@ -411,10 +418,4 @@ fn look() -> Look {
         .fold(f64::INFINITY, f64::min);
     let pause = Duration::from_secs_f64((next - now).clamp(0.0, MAX_SLEEP.as_secs_f64()));
     Look::Due(due, pause)
-}
-
-/// Whether session_reaper is installed in this database, held so until the transaction ends
-/// ([`held_version`]).
-fn extension_installed() -> bool {
-    held_version().is_some()
 }

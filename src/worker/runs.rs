@@ -11,7 +11,7 @@ use crate::reap::target::{self, Registered, Target};
 use crate::shared::errors::ReaperError;
 use crate::shared::security::{as_role, with_settings};
 use crate::shared::settings;
-use crate::shared::sql::{held_version, pinned, LIBRARY_VERSION};
+use crate::shared::sql::{held_version, hold_extension, pinned, LIBRARY_VERSION};
 use crate::shared::txn::{in_transaction, with_statement_timeout};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -178,7 +178,7 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
         complete,
     };
     // After a DROP EXTENSION there is nothing to record into, and nothing to say.
-    let recorded = in_transaction(|| pinned(|| held_version().map(|_| history::record(&run))));
+    let recorded = in_transaction(|| pinned(|| hold_extension().then(|| history::record(&run))));
     if let Err((code, message)) = &recorded {
         warn(
             *code,
