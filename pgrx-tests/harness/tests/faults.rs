@@ -35,6 +35,18 @@ fn stop_in_the_middle_of_a_run(mode: &str) {
     wait_until("the worker is part-way through", SOON, || {
         expired(&mut db, "sessions") <= DEAD - 3 * BATCH
     });
+    // The worker's batches commit without waiting for their WAL (synchronous_commit = off), so
+    // an immediate stop may undo the last of them, rows that simply go again in the next run.
+    // CI once saw it undo every batch seen here, and with them the run's progress note. Wait
+    // for the WAL writer to flush what was seen committed: the stop then cuts a run that has
+    // whole batches to show.
+    let seen = "SELECT pg_current_wal_insert_lsn()::text";
+    let seen: String = db.query_one(seen, &[]).unwrap().get(0);
+    let flushed =
+        format!("SELECT count(*) FROM (SELECT WHERE pg_current_wal_flush_lsn() >= '{seen}') f");
+    wait_until("the batches seen are flushed to disk", SOON, || {
+        count(&mut db, &flushed) == 1
+    });
     drop(db);
     pg.pg_ctl(&["stop", "-m", mode]);
     let gone_at_stop = {
