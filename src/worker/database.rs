@@ -335,6 +335,7 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     if !hold_extension() {
         return Step::ExtensionDropped;
     }
+    batch::hold_table(running.target.relid);
     let Some(now) = target::load(Some(running.target.relid))
         .into_iter()
         .find(|r| r.id == running.target.id)

@@ -96,7 +96,10 @@ impl Ledger {
                 }
                 self.live(id, new, false);
             }
-            None if old > 0.0 => self.missing(id, now, "refresh"),
+            // Judged by the time the UPDATE returned, not its transaction's now(): an UPDATE
+            // that read the row live, then found it deleted by a batch that committed while
+            // it waited for the row, saw a deletion made after the expiry, which is right.
+            None if old > 0.0 => self.missing(id, unix_now(), "refresh"),
             None => {}
         }
     }

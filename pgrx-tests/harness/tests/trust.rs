@@ -132,10 +132,35 @@ fn unregistering_then_dropping_a_table_mid_run_does_not_deadlock_with_the_worker
               WHERE backend_type = 'session_reaper worker' AND wait_event_type = 'Lock'",
         ) == 0
     });
-    // A plain DROP mid-run: it takes the table, then its event trigger the registration.
+    // A plain DROP mid-run: it takes the table, then its event trigger the registration. Held
+    // uncommitted until the worker's next batch waits for it, then committed: the batch must
+    // find the target gone, not its DELETE the table (CI-like load once let it, as 42P01).
     a_long_run_under_way(&mut db);
-    db.batch_execute("DROP TABLE sessions")
+    let pid = pg.worker_pid("postgres");
+    let relid = count(&mut db, "SELECT 'sessions'::regclass::oid::bigint");
+    let mut dropper = pg.connect("postgres");
+    dropper
+        .batch_execute("BEGIN; DROP TABLE sessions")
         .expect("a DROP mid-run");
+    wait_until("the worker's batch waits for the DROP", SOON, || {
+        count(
+            &mut db,
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted
+                   AND locktype = 'relation' AND relation = {relid}"
+            ),
+        ) == 1
+    });
+    dropper.batch_execute("COMMIT").unwrap();
+    // Sleeping again (on its latch): whatever that batch ended in has been logged.
+    wait_until("the worker sleeps again", SOON, || {
+        count(
+            &mut db,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'Extension'"
+            ),
+        ) == 1
+    });
     // The runs end quietly: their target is gone, which is no error.
     assert_eq!(pg.log_lines("WARNING:  session_reaper"), 0, "{}", pg.log());
 }
@@ -454,7 +479,9 @@ fn analyze_after_a_run_gives_up_on_a_held_lock() {
 /// as long as it likes no longer makes the owner's purge and the worker's runs skip.
 #[test]
 fn no_role_can_hold_the_reapers_lock_from_sql() {
-    let (pg, mut admin) = with_reaper("trust_lock", &["reaper.interval = '1s'"]);
+    // A long interval: the registration's run is the worker's only one, so bob's purge never
+    // meets a run of the worker (either would then skip, rightly, for the other).
+    let (pg, mut admin) = with_reaper("trust_lock", &["reaper.interval = '1h'"]);
     admin
         .batch_execute(
             "CREATE ROLE bob LOGIN; CREATE ROLE mallory LOGIN;

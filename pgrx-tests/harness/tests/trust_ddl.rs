@@ -158,9 +158,14 @@ fn a_rename_disables_the_target_with_a_warning_and_the_worker_leaves_it() {
     wait_until("the worker ran the new target", SOON, || {
         count(&mut db, "SELECT total_runs FROM reaper_stats()") >= 1
     });
-    // A second run may follow from the registration's wake; give it time to end.
-    std::thread::sleep(Duration::from_secs(1));
-    let runs = count(&mut db, "SELECT total_runs FROM reaper_stats()");
+    // A second run may follow from the registration's wake: wait until no run comes for 1.5 s.
+    let total_runs = "SELECT total_runs FROM reaper_stats()";
+    let mut runs = count(&mut db, total_runs);
+    wait_until("the runs stop coming", SOON, || {
+        std::thread::sleep(Duration::from_millis(1_500));
+        let now = count(&mut db, total_runs);
+        std::mem::replace(&mut runs, now) == now
+    });
     let (mut client, notices) = client_with_notices(&pg);
     client
         .batch_execute("ALTER TABLE sessions RENAME COLUMN pinned TO kept")
