@@ -78,17 +78,6 @@ pub fn try_lock(target: &Target) -> bool {
     taken != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
-/// Takes the table in the weakest mode (the one only `DROP TABLE` and most `ALTER TABLE`s
-/// conflict with) before its registration is read, waiting at most the session's
-/// `lock_timeout`: a DROP that came first is waited for, and then seen (its event trigger has
-/// removed the registration). Without it the batch's DELETE waits for that DROP instead, and
-/// fails with "relation does not exist" once it commits.
-pub fn hold_table(relid: pg_sys::Oid) {
-    // SAFETY: a relation lock in the current transaction; taking it reads the invalidations it
-    // waited for, so the catalog reads that follow see a DROP that committed meanwhile.
-    unsafe { pg_sys::LockRelationOid(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
-}
-
 /// What one batch did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -21,7 +21,8 @@ use crate::shared::txn::{in_transaction, with_statement_timeout};
 use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, BatchClock};
 use crate::worker::process::{reload_settings_if_asked, sleep_unless};
 use crate::worker::runs::{
-    disable_stuck_target, finish, record_interrupted_runs, warn, Running, TurnEnd,
+    disable_stuck_target, dropped_meanwhile, finish, record_interrupted_runs, warn, Running,
+    TurnEnd,
 };
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -247,6 +248,13 @@ impl Worker {
                     running.locked = Locked::Skip;
                     continue;
                 }
+                Err((_, message)) if dropped_meanwhile(running.target.relid) => {
+                    debug1!(
+                        "session_reaper: {}: dropped during the run: {message}",
+                        running.target.name
+                    );
+                    return TurnEnd::Stopped;
+                }
                 Err((code, message)) => return TurnEnd::Failed(code, message),
             };
             if now.updated_at != running.target.updated_at {
@@ -335,7 +343,6 @@ fn batch_step(running: &Running, started_at: f64) -> Step {
     if !hold_extension() {
         return Step::ExtensionDropped;
     }
-    batch::hold_table(running.target.relid);
     let Some(now) = target::load(Some(running.target.relid))
         .into_iter()
         .find(|r| r.id == running.target.id)

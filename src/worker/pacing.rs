@@ -11,15 +11,16 @@ use crate::shared::shmem::{set_worker_state, WorkerState};
 use crate::shared::sql::pinned;
 use crate::shared::txn::{in_transaction, with_statement_timeout};
 use crate::worker::process::pause;
-use crate::worker::runs::warn;
+use crate::worker::runs::{dropped_meanwhile, warn};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::{Duration, Instant};
 
 /// Prunes the pages a committed batch covered, in a transaction of its own (see
 /// batch::prune_pages). Only a saving for the application's queries, so a failure does not end
-/// the run: a lock timeout (DDL waiting on the table) is expected and logged at DEBUG1, anything
-/// else (a cancel, a statement timeout, a dropped table) is a WARNING with its SQLSTATE.
+/// the run: a lock timeout (DDL waiting on the table) and a DROP TABLE that committed while the
+/// prune waited for it are expected and logged at DEBUG1, anything else (a cancel, a statement
+/// timeout) is a WARNING with its SQLSTATE.
 /// A flat-out run (batch_delay = 0, no max_rows_per_second) skips it: it cost one about a
 /// sixth of its rows/s.
 pub(super) fn prune_behind(t: &Target, pages: (u32, u64)) {
@@ -39,7 +40,9 @@ pub(super) fn prune_behind(t: &Target, pages: (u32, u64)) {
             pages.1,
             started.elapsed().as_secs_f64() * 1e3
         ),
-        Err((PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)) => {
+        Err((code, message))
+            if code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE || dropped_meanwhile(t.relid) =>
+        {
             debug1!("session_reaper: {}: pruning behind: {message}", t.name)
         }
         Err((code, message)) => warn(

@@ -199,11 +199,12 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
         if running.progress.rows > 0 {
             let analyzed =
                 in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)));
-            if let Err((code, message)) = analyzed {
-                warn(
+            match analyzed {
+                Err((code, message)) if !dropped_meanwhile(t.relid) => warn(
                     code,
                     &format!("session_reaper: {}: ANALYZE: {message}", t.name),
-                );
+                ),
+                _ => {}
             }
         }
     }
@@ -229,6 +230,16 @@ pub(super) fn analyze_if_large(t: &Target, rows: i64, share: f64) {
         })
         .expect("ANALYZE");
     }
+}
+
+/// Whether the table `relid` is gone, read in a transaction of its own. A batch, prune or
+/// ANALYZE that waited for a `DROP TABLE` fails once the DROP commits ("relation does not
+/// exist"): that is the end of the target (the DROP's event trigger unregistered it), not an
+/// error to warn of. Checked after the failure rather than prevented by taking the table
+/// before each batch: that lock, upgraded later in the batch, could deadlock with DDL.
+pub(super) fn dropped_meanwhile(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a system cache look-up, inside the transaction in_transaction opens.
+    in_transaction(|| unsafe { pg_sys::get_rel_relkind(relid) } == 0).unwrap_or(false)
 }
 
 /// Logs a WARNING that carries the SQLSTATE in its text as well as in its error code.
