@@ -21,7 +21,7 @@ use crate::shared::txn::{in_transaction, with_statement_timeout};
 use crate::worker::pacing::{prune_behind, throttle, wait_for_replicas, BatchClock};
 use crate::worker::process::{reload_settings_if_asked, sleep_unless};
 use crate::worker::runs::{
-    disable_stuck_target, dropped_meanwhile, finish, record_interrupted_runs, warn, Running,
+    disable_stuck_target, finish, record_interrupted_runs, unregistered_by_drop, warn, Running,
     TurnEnd,
 };
 use pgrx::prelude::*;
@@ -248,7 +248,7 @@ impl Worker {
                     running.locked = Locked::Skip;
                     continue;
                 }
-                Err((_, message)) if dropped_meanwhile(running.target.relid) => {
+                Err((_, message)) if unregistered_by_drop(&running.target) => {
                     debug1!(
                         "session_reaper: {}: dropped during the run: {message}",
                         running.target.name

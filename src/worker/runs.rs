@@ -200,11 +200,14 @@ pub(super) fn finish(running: Running, end: TurnEnd) -> bool {
             let analyzed =
                 in_transaction(|| pinned(|| analyze_if_large(t, running.progress.rows, share)));
             match analyzed {
-                Err((code, message)) if !dropped_meanwhile(t.relid) => warn(
+                Err((_, message)) if dropped_meanwhile(t.relid) => {
+                    debug1!("session_reaper: {}: ANALYZE: {message}", t.name)
+                }
+                Err((code, message)) => warn(
                     code,
                     &format!("session_reaper: {}: ANALYZE: {message}", t.name),
                 ),
-                _ => {}
+                Ok(()) => {}
             }
         }
     }
@@ -238,8 +241,28 @@ pub(super) fn analyze_if_large(t: &Target, rows: i64, share: f64) {
 /// error to warn of. Checked after the failure rather than prevented by taking the table
 /// before each batch: that lock, upgraded later in the batch, could deadlock with DDL.
 pub(super) fn dropped_meanwhile(relid: pg_sys::Oid) -> bool {
-    // SAFETY: a system cache look-up, inside the transaction in_transaction opens.
-    in_transaction(|| unsafe { pg_sys::get_rel_relkind(relid) } == 0).unwrap_or(false)
+    in_transaction(|| table_gone(relid)).unwrap_or(false)
+}
+
+/// Whether `target`'s run ends because its table was dropped and the DROP unregistered it, as
+/// [`dropped_meanwhile`]. A registration left behind (the event trigger did not fire) is a
+/// broken target: its run is recorded as failed, and the next ones say the table is missing.
+pub(super) fn unregistered_by_drop(target: &Registered) -> bool {
+    in_transaction(|| {
+        pinned(|| {
+            table_gone(target.relid)
+                && !(hold_extension()
+                    && target::load(Some(target.relid))
+                        .iter()
+                        .any(|r| r.id == target.id))
+        })
+    })
+    .unwrap_or(false)
+}
+
+fn table_gone(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a system cache look-up, inside the caller's transaction.
+    unsafe { pg_sys::get_rel_relkind(relid) == 0 }
 }
 
 /// Logs a WARNING that carries the SQLSTATE in its text as well as in its error code.
