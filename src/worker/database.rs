@@ -248,7 +248,7 @@ impl Worker {
                     running.locked = Locked::Skip;
                     continue;
                 }
-                Err((_, message)) if unregistered_by_drop(&running.target) => {
+                Err((_, message)) if unregistered_by_drop(running.target.relid) => {
                     debug1!(
                         "session_reaper: {}: dropped during the run: {message}",
                         running.target.name
@@ -312,15 +312,8 @@ impl Worker {
         }
         self.last_prune = Some(Instant::now());
         loop {
-            let pruned = in_transaction(|| {
-                pinned(|| {
-                    if hold_extension() {
-                        history::prune()
-                    } else {
-                        0
-                    }
-                })
-            });
+            let pruned =
+                in_transaction(|| pinned(|| hold_extension().then(history::prune).unwrap_or(0)));
             match pruned {
                 Ok(pruned) if pruned > 0 => continue,
                 Ok(_) => return,

@@ -244,18 +244,12 @@ pub(super) fn dropped_meanwhile(relid: pg_sys::Oid) -> bool {
     in_transaction(|| table_gone(relid)).unwrap_or(false)
 }
 
-/// Whether `target`'s run ends because its table was dropped and the DROP unregistered it, as
+/// Whether a run ends because its table `relid` was dropped and the DROP unregistered it, as
 /// [`dropped_meanwhile`]. A registration left behind (the event trigger did not fire) is a
 /// broken target: its run is recorded as failed, and the next ones say the table is missing.
-pub(super) fn unregistered_by_drop(target: &Registered) -> bool {
+pub(super) fn unregistered_by_drop(relid: pg_sys::Oid) -> bool {
     in_transaction(|| {
-        pinned(|| {
-            table_gone(target.relid)
-                && !(hold_extension()
-                    && target::load(Some(target.relid))
-                        .iter()
-                        .any(|r| r.id == target.id))
-        })
+        pinned(|| table_gone(relid) && (!hold_extension() || target::load(Some(relid)).is_empty()))
     })
     .unwrap_or(false)
 }
